@@ -1,0 +1,210 @@
+"""The method interface shared by every PEFT method.
+
+A method is a config dataclass plus a class (registered by name) that
+
+- picks the modules it adapts (``targets``, kinds from ``architectures.ALL_LINEAR``),
+- wraps or modifies them (``adapt``) so that only its own parameters and the head train,
+- may add loss terms (``regularizers``, e.g. the MPC constraints) and act after each optimizer step
+  (``after_optimizer_step``, e.g. AdaLoRA's rank allocation),
+- folds itself into plain ``nn.Linear`` weights (``merge``) when phi(W) is linear in the input,
+- saves and loads only what it trains (``state_dict`` / ``load_state_dict``).
+
+A per-module method only writes an ``AdaptedLinear`` subclass and a ``LinearMethod`` subclass whose
+``wrap`` builds it; see ``extension/lora.py`` for the smallest example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..architectures import ALL_LINEAR, Target, find_targets, head_parameter_names, replace_module
+from ..errors import ConfigError, NotMergeableError, choices_message
+
+FAMILIES = ("reference", "reconstruction", "extension", "combination")
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method shares. ``rank`` comes from the ``rank`` config group."""
+
+    rank: int | None = None
+    targets: list[str] | None = None  # module kinds; None = the method's default placement
+
+
+class AdapterModule(nn.Module):
+    """Marker base: parameters and buffers of these modules (except a wrapped ``base``) are adapter state."""
+
+
+class AdaptedLinear(AdapterModule):
+    """A frozen ``nn.Linear`` (``self.base``) plus a method's trainable parts."""
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        base.requires_grad_(False)
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight, so code that reads ``module.weight`` (dtype, device) keeps working."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def merged_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """phi(W) and the bias as plain tensors. Methods with a non-linear update raise."""
+        raise NotMergeableError(f"{type(self).__name__} is not linear in its input and cannot be merged")
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """A new plain ``nn.Linear`` computing phi(W); ``self.base`` is left untouched."""
+        weight, bias = self.merged_weight_and_bias()
+        merged = nn.Linear(self.in_features, self.out_features, bias=bias is not None,
+                           device=weight.device, dtype=self.base.weight.dtype)
+        merged.weight.copy_(weight)
+        if bias is not None:
+            merged.bias.copy_(bias)
+        return merged
+
+
+class Method:
+    """Base class of all methods. Subclasses set the class variables and override ``adapt``."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    uses_rank: ClassVar[bool] = True
+    default_targets: ClassVar[tuple[str, ...]] = ALL_LINEAR
+
+    def __init__(self, config: MethodConfig) -> None:
+        self.config = config
+        if self.uses_rank:
+            if config.rank is None or int(config.rank) <= 0:
+                raise ConfigError(f"method {self.name!r} needs a rank >= 1, got {config.rank!r} "
+                                  "(set rank=2|4|8|16 or rank.r=<n>)")
+        self.target_kinds = tuple(config.targets) if config.targets else self.default_targets
+
+    @property
+    def rank(self) -> int | None:
+        return int(self.config.rank) if self.uses_rank else None
+
+    # --- building ---------------------------------------------------------------------------
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Freeze the backbone, let the method adapt it, then unfreeze the classification head."""
+        model.requires_grad_(False)
+        self.adapt(model)
+        for name, param in model.named_parameters():
+            if name in head_parameter_names(model):
+                param.requires_grad_(True)
+        return model
+
+    def adapt(self, model: nn.Module) -> None:
+        raise NotImplementedError
+
+    def targets(self, model: nn.Module) -> list[Target]:
+        return find_targets(model, self.target_kinds)
+
+    # --- training hooks -----------------------------------------------------------------------
+    def regularizers(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Extra loss terms by name, added to the task loss and logged apart from it."""
+        return {}
+
+    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Called by the training loop after every optimizer step (global step count ``step``)."""
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        """Method-specific facts for metrics.json (e.g. AdaLoRA's final ranks)."""
+        return {}
+
+    # --- merging and state --------------------------------------------------------------------
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Replace every adapted module by a plain nn.Linear computing phi(W). Raises if not linear."""
+        for name, module in list(model.named_modules()):
+            if isinstance(module, AdaptedLinear):
+                replace_module(model, name, module.merge())
+        return model
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """What the method trained plus the adapter buffers it needs: never the frozen backbone."""
+        state = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+        for module_name, module in model.named_modules():
+            if isinstance(module, AdapterModule):
+                for name, buffer in module.named_buffers():
+                    if not name.startswith("base.") and buffer is not None:
+                        state[f"{module_name}.{name}"] = buffer.detach()
+        return {name: tensor.contiguous() for name, tensor in state.items()}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.state_dict(model))
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise ConfigError(f"saved {self.name} state does not fit this model: missing {sorted(missing)[:3]}, "
+                              f"unexpected {sorted(unexpected)[:3]}")
+        model.load_state_dict(state, strict=False)
+
+
+class LinearMethod(Method):
+    """A method that replaces each target ``nn.Linear`` by an ``AdaptedLinear``."""
+
+    def adapt(self, model: nn.Module) -> None:
+        for target in self.targets(model):
+            linear = model.get_submodule(target.name)
+            self.check_rank(target, linear)
+            replace_module(model, target.name, self.wrap(linear, target))
+
+    def check_rank(self, target: Target, linear: nn.Linear) -> None:
+        if self.uses_rank and self.rank > min(linear.in_features, linear.out_features):
+            raise ConfigError(f"rank {self.rank} is larger than module {target.name} allows "
+                              f"({linear.out_features} x {linear.in_features}); choose rank <= "
+                              f"{min(linear.in_features, linear.out_features)}")
+
+    def wrap(self, linear: nn.Linear, target: Target) -> AdaptedLinear:
+        raise NotImplementedError
+
+
+# --- registry ---------------------------------------------------------------------------------
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method selectable as ``method=<cls.name>``."""
+    assert cls.family in FAMILIES, f"{cls.__name__}.family must be one of {FAMILIES}"
+    assert cls.name not in REGISTRY, f"method {cls.name!r} registered twice"
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    from . import load_all
+
+    load_all()
+    if name not in REGISTRY:
+        raise ConfigError(choices_message("method", name, list(REGISTRY)))
+    return REGISTRY[name]
+
+
+def build_method(name: str, options: dict[str, Any], rank: int | None = None) -> Method:
+    """Instantiate a method from its YAML settings (``options``) and the rank group's value."""
+    cls = method_class(name)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = set(options) - fields
+    if unknown:
+        raise ConfigError(f"method {name!r} has no setting {sorted(unknown)[0]!r}; "
+                          f"its settings are: {', '.join(sorted(fields - {'rank'}))}")
+    return cls(cls.config_class(**options, rank=rank if cls.uses_rank else None))
+
+

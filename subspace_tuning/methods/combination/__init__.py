@@ -1,0 +1,1 @@
+"""Combination methods: phi(W) = g(f(W)) both reconstructs W's subspaces and extends them."""

@@ -1,0 +1,1 @@
+"""Extension methods: phi(W) = W + s * dW adds a new (low-rank) subspace beside the frozen weight."""

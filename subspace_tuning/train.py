@@ -1,0 +1,265 @@
+"""The training recipe: one plain loop, no Trainer. ``python train.py <overrides>`` runs ``main``.
+
+Order of work: build the model with the chosen method, train with AdamW and a linear warmup/decay
+schedule through accelerate, evaluate every epoch (and every ``train.eval_steps``), and keep the run
+folder current after every evaluation: ``metrics.json`` (status ``running`` until the end),
+``train_log.jsonl`` (one line per evaluation), ``config.yaml`` and the trained parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .config import CONF_DIR, method_options, register_resolvers
+from .errors import SubspaceTuningError, TrainingDiverged
+from .runio import (
+    atomic_write_json,
+    atomic_write_text,
+    git_commit,
+    library_versions,
+    peak_memory_mb,
+    save_tensors,
+)
+
+log = logging.getLogger("subspace_tuning")
+
+
+class Run:
+    """The run folder and what it records; every write is atomic."""
+
+    def __init__(self, folder: Path, cfg: DictConfig, is_main: bool = True) -> None:
+        self.folder, self.cfg, self.is_main = folder, cfg, is_main
+        self.metrics: dict[str, Any] = {
+            "status": "running",
+            "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
+            "rank": cfg.rank.r, "mpc": cfg.mpc.name, "seed": cfg.seed.value,
+            "metric": cfg.task.metrics[0], "best": None, "last": None, "history": [],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": library_versions(), "git_commit": git_commit(),
+        }
+
+    def write_config(self) -> None:
+        if self.is_main:
+            atomic_write_text(self.folder / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+
+    def update(self, **fields: Any) -> None:
+        self.metrics.update(fields)
+        if self.is_main:
+            atomic_write_json(self.folder / "metrics.json", self.metrics)
+
+    def log_eval(self, record: dict[str, Any]) -> None:
+        self.metrics["history"].append(record)
+        headline = record["scores"][self.metrics["metric"]]
+        best = self.metrics["best"]
+        if best is None or headline > best["scores"][self.metrics["metric"]]:
+            self.metrics["best"] = record
+        self.metrics["last"] = record
+        if self.is_main:
+            with open(self.folder / "train_log.jsonl", "a") as handle:  # append-only: a line per eval
+                handle.write(json.dumps(record) + "\n")
+        self.update()
+
+
+# --- building blocks ------------------------------------------------------------------------------
+def build_optimizer(cfg: DictConfig, model: nn.Module, head_names: set[str]) -> torch.optim.Optimizer:
+    """AdamW; the head may have its own lr / weight decay; 1-d parameters (biases, scales) never decay."""
+    lr, decay = float(cfg.lr), float(cfg.weight_decay)
+    head_lr = float(cfg.head_lr) if cfg.head_lr is not None else lr
+    head_decay = float(cfg.head_weight_decay) if cfg.head_weight_decay is not None else decay
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        group_lr, group_decay = (head_lr, head_decay) if name in head_names else (lr, decay)
+        groups.setdefault((group_lr, group_decay if param.ndim > 1 else 0.0), []).append(param)
+    return torch.optim.AdamW([{"params": p, "lr": g_lr, "weight_decay": g_wd} for (g_lr, g_wd), p in groups.items()],
+                             lr=lr, betas=tuple(cfg.betas), eps=float(cfg.eps))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, metric_names: list[str], accelerator: Any) -> dict[str, float]:
+    from .metrics import compute_metrics, predictions_from_logits
+
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        batch_logits, batch_labels = accelerator.gather_for_metrics((out.logits.float(), batch["labels"]))
+        logits.append(batch_logits.cpu().numpy())
+        labels.append(batch_labels.cpu().numpy())
+    model.train()
+    return compute_metrics(metric_names, predictions_from_logits(np.concatenate(logits)), np.concatenate(labels))
+
+
+def score_names(split: str, first: bool, metrics: list[str]) -> list[str]:
+    """The first evaluation split's scores keep plain names; others (MNLI mismatched) are prefixed."""
+    return metrics if first else [f"{split}/{m}" for m in metrics]
+
+
+def trainable_summary(counts: dict[str, int]) -> str:
+    return (f"trainable parameters: method {counts['trainable']:,} ({counts['per_mille']:.2f} per mille of "
+            f"{counts['total']:,}) + classification head {counts['head']:,}")
+
+
+# --- the recipe ---------------------------------------------------------------------------------
+def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
+    """Train one configuration and record it in ``folder``. Returns the final metrics."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    from .architectures import head_parameter_names
+    from .data import build_dataloaders
+    from .methods import build_method
+    from .metrics import check_metrics
+    from .models import build_model, load_tokenizer
+    from .params import count_parameters
+
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=bool(cfg.train.cpu))
+    run = Run(folder, cfg, accelerator.is_main_process)
+    run.write_config()
+    start = time.perf_counter()
+    try:
+        check_metrics(cfg.task.metrics)
+        method = build_method(cfg.method.name, method_options(cfg), cfg.rank.r)
+        run.update(rank=method.rank)  # rank-free methods are recorded without one
+        set_seed(int(cfg.seed.value))
+        tokenizer = load_tokenizer(cfg.model)
+        train_loader, eval_loaders = build_dataloaders(cfg, tokenizer)
+        model = build_model(cfg.model, int(cfg.task.num_labels), tokenizer)
+        total = sum(p.numel() for p in model.parameters())
+        method.apply(model)
+        counts = count_parameters(model, method, total)
+        log.info(trainable_summary(counts))
+        run.update(parameters=counts)
+
+        head_names = head_parameter_names(model)
+        optimizer = build_optimizer(cfg.optim, model, head_names)
+        steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+        total_steps = int(cfg.train.epochs) * steps_per_epoch
+        if cfg.train.max_steps is not None:
+            total_steps = min(total_steps, int(cfg.train.max_steps))
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(float(cfg.optim.warmup_ratio) * total_steps),
+                                                    total_steps)
+        model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+        eval_loaders = {split: accelerator.prepare(loader) for split, loader in eval_loaders.items()}
+        raw_model = accelerator.unwrap_model(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+
+        def evaluate_all(epoch: float, step: int, train_loss: float, regs: dict[str, float]) -> None:
+            scores: dict[str, float] = {}
+            for i, (split, loader) in enumerate(eval_loaders.items()):
+                split_scores = evaluate(model, loader, list(cfg.task.metrics), accelerator)
+                scores.update(zip(score_names(split, i == 0, list(cfg.task.metrics)), split_scores.values()))
+            record = {"epoch": round(epoch, 4), "step": step, "train_loss": train_loss, "regularizers": regs,
+                      "lr": scheduler.get_last_lr()[0], "scores": scores,
+                      "elapsed_s": round(time.perf_counter() - start, 2)}
+            run.log_eval(record)
+            tqdm.write(f"eval epoch {epoch:.2f} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+        step, train_time = 0, 0.0
+        running_loss, running_regs, running_n = 0.0, {}, 0
+        bar = tqdm(total=total_steps, desc=f"{cfg.method.name} {cfg.task.name}", unit="step",
+                   disable=not (cfg.train.progress and accelerator.is_local_main_process), dynamic_ncols=True)
+        model.train()
+        for epoch in range(int(cfg.train.epochs)):
+            tick = time.perf_counter()
+            for batch in train_loader:
+                task_loss = model(**batch).loss
+                regs = method.regularizers(raw_model)
+                loss = task_loss + sum(regs.values()) if regs else task_loss
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"the loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); "
+                                           f"try a lower optim.lr (now {cfg.optim.lr})")
+                accelerator.backward(loss)
+                if cfg.optim.max_grad_norm:
+                    accelerator.clip_grad_norm_(trainable, float(cfg.optim.max_grad_norm))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                method.after_optimizer_step(raw_model, step, total_steps)
+
+                running_loss += task_loss.item()
+                running_n += 1
+                for name, value in regs.items():
+                    running_regs[name] = running_regs.get(name, 0.0) + value.item()
+                bar.update(1)
+                if step % int(cfg.train.log_every) == 0 or step == total_steps:
+                    bar.set_postfix(loss=f"{running_loss / running_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                if cfg.train.eval_steps and step % int(cfg.train.eval_steps) == 0 and step < total_steps:
+                    train_time += time.perf_counter() - tick
+                    evaluate_all(epoch + (step % steps_per_epoch) / steps_per_epoch, step,
+                                 running_loss / running_n, {k: v / running_n for k, v in running_regs.items()})
+                    tick = time.perf_counter()
+                if step >= total_steps:
+                    break
+            train_time += time.perf_counter() - tick
+            evaluate_all(epoch + 1 if step % steps_per_epoch == 0 else epoch + (step % steps_per_epoch) / steps_per_epoch,
+                         step, running_loss / max(running_n, 1),
+                         {k: v / max(running_n, 1) for k, v in running_regs.items()})
+            running_loss, running_regs, running_n = 0.0, {}, 0
+            if step >= total_steps:
+                break
+        bar.close()
+
+        if cfg.train.save_trained and accelerator.is_main_process:
+            save_tensors(folder / "trained.safetensors", method.state_dict(raw_model),
+                         metadata={"method": cfg.method.name, "rank": str(method.rank)})
+        run.update(status="completed", steps=step, wall_time_s=round(time.perf_counter() - start, 2),
+                   train_time_s=round(train_time, 2), train_steps_per_s=round(step / max(train_time, 1e-9), 4),
+                   memory=peak_memory_mb(accelerator.device), method_summary=method.summary(raw_model))
+        headline = run.metrics["metric"]
+        log.info("done: best %s %.4f (epoch %s), last %.4f; results in %s", headline,
+                 run.metrics["best"]["scores"][headline], run.metrics["best"]["epoch"],
+                 run.metrics["last"]["scores"][headline], folder)
+        return run.metrics
+    except BaseException as err:  # whatever stops the run, metrics.json says so (Ctrl-C included)
+        run.update(status="failed", error=str(err) or repr(err), error_type=type(err).__name__,
+                   wall_time_s=round(time.perf_counter() - start, 2))
+        raise
+
+
+# --- command line ---------------------------------------------------------------------------------
+def _hydra_task(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    try:
+        metrics = train(cfg, folder)
+    except SubspaceTuningError as err:
+        print(f"\nerror: {err}\n(run folder: {folder})", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return None  # one bad run of a sweep is recorded as failed; the sweep goes on
+        sys.exit(2)
+    headline = metrics["metric"]
+    print(f"{cfg.task.name} {headline}: best {metrics['best']['scores'][headline]:.4f}, "
+          f"last {metrics['last']['scores'][headline]:.4f} -> {folder / 'metrics.json'}")
+    return metrics["best"]["scores"][headline]
+
+
+def main() -> None:
+    """Console entry point (``python train.py`` and ``subspace-tuning-train``)."""
+    import hydra
+
+    register_resolvers()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_hydra_task)()
+
+
+if __name__ == "__main__":
+    main()
