@@ -134,7 +134,7 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         check_metrics(cfg.task.metrics)
-        method = build_method(cfg.method.name, method_options(cfg), cfg.rank.r)
+        method = build_method(cfg.method.name, method_options(cfg), cfg.rank.r, OmegaConf.to_container(cfg.mpc))
         run.update(rank=method.rank)  # rank-free methods are recorded without one
         set_seed(int(cfg.seed.value))
         tokenizer = load_tokenizer(cfg.model)
@@ -189,9 +189,9 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
                     accelerator.clip_grad_norm_(trainable, float(cfg.optim.max_grad_norm))
                 optimizer.step()
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
-                method.after_optimizer_step(raw_model, step, total_steps)
+                method.after_optimizer_step(raw_model, step, total_steps)  # gradients still there (AdaLoRA)
+                optimizer.zero_grad(set_to_none=True)
 
                 running_loss += task_loss.item()
                 running_n += 1

@@ -88,6 +88,7 @@ class Method:
     family: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     uses_rank: ClassVar[bool] = True
+    identity_at_init: ClassVar[bool] = True  # False only where the paper's init is not an identity
     default_targets: ClassVar[tuple[str, ...]] = ALL_LINEAR
 
     def __init__(self, config: MethodConfig) -> None:
@@ -197,9 +198,13 @@ def method_class(name: str) -> type[Method]:
     return REGISTRY[name]
 
 
-def build_method(name: str, options: dict[str, Any], rank: int | None = None) -> Method:
-    """Instantiate a method from its YAML settings (``options``) and the rank group's value."""
+def build_method(name: str, options: dict[str, Any], rank: int | None = None,
+                 mpc: dict[str, Any] | None = None) -> Method:
+    """Instantiate a method from its YAML settings (``options``), the rank group's value and the
+    mpc group's settings (``{"name": "none"}`` or absent = no matrix pattern constraint)."""
     cls = method_class(name)
+    if mpc and mpc.get("name", "none") != "none":
+        raise ConfigError(f"mpc={mpc['name']} is not available yet (only mpc=none)")
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = set(options) - fields
     if unknown:

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random-init models built from the test YAMLs, and a fixed input batch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from subspace_tuning.config import CONF_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SUBSPACE_TUNING_SHARED", ROOT.parent / "shared"))
+GLUE_DIR = SHARED / "glue"
+TINY_MODELS = ("tiny-roberta", "tiny-deberta")
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def model_cfg(name: str):
+    return OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+
+
+def tiny_model(name: str, num_labels: int = 2, seed: int = 0) -> torch.nn.Module:
+    """A tiny random model in eval mode (dropout off), with vocabulary 1000 so tests need no tokenizer."""
+    from subspace_tuning.models import architecture_config
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = architecture_config(model_cfg(name), num_labels, vocab_size=1000)
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def tiny_batch(batch: int = 4, length: int = 12, seed: int = 1, num_labels: int = 2) -> dict[str, torch.Tensor]:
+    """Random token ids with some right padding, and labels."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, 1000, (batch, length), generator=g)
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    attention_mask[0, -4:] = 0
+    input_ids[0, -4:] = 0
+    labels = torch.randint(0, num_labels, (batch,), generator=g)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@pytest.fixture(params=TINY_MODELS)
+def tiny_name(request) -> str:
+    return request.param
+
+
+requires_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"no GLUE data at {GLUE_DIR}")
