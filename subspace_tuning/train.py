@@ -159,11 +159,14 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
         raw_model = accelerator.unwrap_model(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
 
-        def evaluate_all(epoch: float, step: int, train_loss: float, regs: dict[str, float]) -> None:
+        metric_names = list(cfg.task.metrics)
+
+        def evaluate_all(step: int, train_loss: float, regs: dict[str, float]) -> None:
             scores: dict[str, float] = {}
             for i, (split, loader) in enumerate(eval_loaders.items()):
-                split_scores = evaluate(model, loader, list(cfg.task.metrics), accelerator)
-                scores.update(zip(score_names(split, i == 0, list(cfg.task.metrics)), split_scores.values()))
+                split_scores = evaluate(model, loader, metric_names, accelerator)
+                scores.update(zip(score_names(split, i == 0, metric_names), split_scores.values(), strict=True))
+            epoch = step / steps_per_epoch
             record = {"epoch": round(epoch, 4), "step": step, "train_loss": train_loss, "regularizers": regs,
                       "lr": scheduler.get_last_lr()[0], "scores": scores,
                       "elapsed_s": round(time.perf_counter() - start, 2)}
@@ -202,15 +205,13 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
                     bar.set_postfix(loss=f"{running_loss / running_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                 if cfg.train.eval_steps and step % int(cfg.train.eval_steps) == 0 and step < total_steps:
                     train_time += time.perf_counter() - tick
-                    evaluate_all(epoch + (step % steps_per_epoch) / steps_per_epoch, step,
-                                 running_loss / running_n, {k: v / running_n for k, v in running_regs.items()})
+                    evaluate_all(step, running_loss / running_n, {k: v / running_n for k, v in running_regs.items()})
                     tick = time.perf_counter()
                 if step >= total_steps:
                     break
             train_time += time.perf_counter() - tick
-            evaluate_all(epoch + 1 if step % steps_per_epoch == 0 else epoch + (step % steps_per_epoch) / steps_per_epoch,
-                         step, running_loss / max(running_n, 1),
-                         {k: v / max(running_n, 1) for k, v in running_regs.items()})
+            n = max(running_n, 1)
+            evaluate_all(step, running_loss / n, {k: v / n for k, v in running_regs.items()})
             running_loss, running_regs, running_n = 0.0, {}, 0
             if step >= total_steps:
                 break

@@ -25,8 +25,9 @@ def model_cfg(name: str):
 
 def tiny_model(name: str, num_labels: int = 2, seed: int = 0) -> torch.nn.Module:
     """A tiny random model in eval mode (dropout off), with vocabulary 1000 so tests need no tokenizer."""
-    from subspace_tuning.models import architecture_config
     from transformers import AutoModelForSequenceClassification
+
+    from subspace_tuning.models import architecture_config
 
     torch.manual_seed(seed)
     config = architecture_config(model_cfg(name), num_labels, vocab_size=1000)
