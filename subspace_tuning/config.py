@@ -10,7 +10,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def rank_tag(method_name: str, rank: int | None) -> str:
-    """Folder name of the rank level: 'r8', or 'no-rank' for methods the rank group does not apply to."""
+    """Folder name of the rank level: 'r8', or 'no-rank' for methods the rank setting does not apply to."""
     from .errors import SubspaceTuningError
     from .methods import method_class
 

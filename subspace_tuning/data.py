@@ -199,7 +199,7 @@ def build_dataloaders(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[DataLoader
     log.info("data: %s (%s)", {s: len(d) for s, d in dataset.items()}, "cached" if cached else "tokenised")
     collate = DataCollatorWithPadding(tokenizer)
     train = train_subset(dataset["train"], cfg.data.max_train_samples)
-    generator = torch.Generator().manual_seed(int(cfg.seed.value))
+    generator = torch.Generator().manual_seed(int(cfg.seed))
     train_loader = DataLoader(train, batch_size=int(cfg.train.batch_size), shuffle=True,
                               collate_fn=collate, generator=generator, num_workers=int(cfg.data.num_workers))
     eval_loaders = {

@@ -45,7 +45,7 @@ class Run:
         self.metrics: dict[str, Any] = {
             "status": "running",
             "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
-            "rank": cfg.rank.r, "mpc": cfg.mpc.name, "seed": cfg.seed.value,
+            "rank": cfg.rank, "mpc": cfg.mpc.name, "seed": cfg.seed,
             "metric": cfg.task.metrics[0], "best": None, "last": None, "history": [],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": library_versions(), "git_commit": git_commit(),
@@ -134,9 +134,9 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         check_metrics(cfg.task.metrics)
-        method = build_method(cfg.method.name, method_options(cfg), cfg.rank.r, OmegaConf.to_container(cfg.mpc))
+        method = build_method(cfg.method.name, method_options(cfg), cfg.rank, OmegaConf.to_container(cfg.mpc))
         run.update(rank=method.rank)  # rank-free methods are recorded without one
-        set_seed(int(cfg.seed.value))
+        set_seed(int(cfg.seed))
         tokenizer = load_tokenizer(cfg.model)
         train_loader, eval_loaders = build_dataloaders(cfg, tokenizer)
         model = build_model(cfg.model, int(cfg.task.num_labels), tokenizer)

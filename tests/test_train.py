@@ -1,0 +1,94 @@
+"""The training recipe end to end on tiny models and the built-in toy task (seconds each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from subspace_tuning.config import compose
+from subspace_tuning.errors import TrainingDiverged
+from subspace_tuning.train import train
+
+QUICK = ["model=tiny-roberta", "task=toy-sentiment", "train.progress=false", "train.eval_batch_size=200"]
+
+
+def run_in_process(tmp_path, overrides: list[str]) -> dict:
+    cfg = compose(QUICK + [f"data.cache_dir={tmp_path / 'cache'}"] + overrides)
+    return train(cfg, tmp_path / "run")
+
+
+def test_short_run_lowers_the_loss(tmp_path):
+    # the real pretrained MiniLM (offline) with LoRA: 128 toy examples, 4 epochs of 8 steps
+    metrics = run_in_process(tmp_path, ["model=minilm", "method=lora", "optim.lr=3e-3", "data.max_train_samples=128",
+                                        "train.batch_size=16", "train.epochs=4"])
+    losses = [record["train_loss"] for record in metrics["history"]]
+    assert metrics["status"] == "completed" and len(losses) == 4
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_run_folder_is_complete(tmp_path):
+    metrics = run_in_process(tmp_path, ["method=lora", "train.max_steps=6", "train.eval_steps=3",
+                                        "train.batch_size=16"])
+    folder = tmp_path / "run"
+    on_disk = json.loads((folder / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics, default=str))
+    assert on_disk["status"] == "completed" and on_disk["steps"] == 6 and on_disk["rank"] == 8
+    assert [h["step"] for h in on_disk["history"]] == [3, 6]
+    for key in ("best", "last", "parameters", "wall_time_s", "train_steps_per_s", "memory", "versions", "git_commit"):
+        assert key in on_disk, key
+    assert on_disk["parameters"]["per_mille"] > 0
+    assert len((folder / "train_log.jsonl").read_text().splitlines()) == 2
+    assert "name: lora" in (folder / "config.yaml").read_text()
+    assert (folder / "trained.safetensors").stat().st_size > 0
+    assert not list(folder.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_rank_free_method_is_recorded_without_rank(tmp_path):
+    metrics = run_in_process(tmp_path, ["method=full", "train.max_steps=2", "train.batch_size=8"])
+    assert metrics["rank"] is None
+    cfg = compose(QUICK + ["method=full"], return_hydra_config=True)
+    assert "/full/no-rank/" in cfg.hydra.run.dir
+
+
+def test_nan_loss_stops_the_run_and_is_recorded(tmp_path, monkeypatch):
+    import torch
+
+    from subspace_tuning.methods.extension.lora import LoRA
+
+    monkeypatch.setattr(LoRA, "regularizers", lambda self, model: {"broken": torch.tensor(float("nan"))})
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 1"):
+        run_in_process(tmp_path, ["method=lora", "train.max_steps=3"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "nan" in metrics["error"]
+
+
+def train_py(args: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_train_py_writes_metrics(tmp_path):
+    result = train_py(QUICK + ["method=lora", "rank=2", "train.max_steps=4", f"output_root={tmp_path}",
+                               f"data.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = tmp_path / "default/tiny-roberta/toy-sentiment/lora/r2/mpc-none/seed0"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["best"]["scores"]["accuracy"] >= 0
+    assert "toy-sentiment accuracy: best" in result.stdout
+
+
+def test_two_seed_multirun_writes_two_run_folders(tmp_path):
+    result = train_py(["-m", *QUICK, "method=lora", "seed=0,1", "train.max_steps=2", f"output_root={tmp_path}",
+                       f"data.cache_dir={tmp_path / 'cache'}", "experiment_name=sweep"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted(tmp_path.glob("sweep/tiny-roberta/toy-sentiment/lora/r8/mpc-none/seed*/metrics.json"))
+    assert [p.parent.name for p in runs] == ["seed0", "seed1"]
+    assert all(json.loads(p.read_text())["status"] == "completed" for p in runs)
+    first, second = (json.loads(p.read_text())["history"][0]["train_loss"] for p in runs)
+    assert first != second  # the seed reaches the data order and the initialisation
