@@ -32,8 +32,8 @@ def count_parameters(model: nn.Module, method: Any, total: int) -> dict[str, int
     return {"trainable": own, "head": head, "total": total, "per_mille": 1000 * own / total}
 
 
-def table_rows(model_name: str) -> list[dict[str, Any]]:
-    """One row per registered method and rank (one row for rank-free methods)."""
+def table_rows(model_name: str, methods: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per registered method (or each of ``methods``) and rank (one row for rank-free methods)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -49,6 +49,8 @@ def table_rows(model_name: str) -> list[dict[str, Any]]:
     load_all()
     rows = []
     for name, cls in REGISTRY.items():
+        if methods is not None and name not in methods:
+            continue
         method_file = CONF_DIR / "method" / f"{name}.yaml"
         options = OmegaConf.to_container(OmegaConf.load(method_file)) if method_file.is_file() else {}
         options.pop("name", None)
