@@ -24,6 +24,7 @@ from torch import nn
 
 from ..architectures import ALL_LINEAR, Target, find_targets, head_parameter_names, replace_module
 from ..errors import ConfigError, NotMergeableError, choices_message
+from .mpc import MPC
 
 FAMILIES = ("reference", "reconstruction", "extension", "combination")
 
@@ -90,6 +91,8 @@ class Method:
     uses_rank: ClassVar[bool] = True
     identity_at_init: ClassVar[bool] = True  # False only where the paper's init is not an identity
     default_targets: ClassVar[tuple[str, ...]] = ALL_LINEAR
+    mpc_support: ClassVar[tuple[str, ...]] = ()  # MPC constraints it composes with (methods with A and B)
+    mpc: MPC = MPC()  # set by build_method from the mpc group; MPC() = none
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -108,8 +111,9 @@ class Method:
         """Freeze the backbone, let the method adapt it, then unfreeze the classification head."""
         model.requires_grad_(False)
         self.adapt(model)
+        head = head_parameter_names(model)  # once: it walks the whole model
         for name, param in model.named_parameters():
-            if name in head_parameter_names(model):
+            if name in head:
                 param.requires_grad_(True)
         return model
 
@@ -203,13 +207,20 @@ def build_method(name: str, options: dict[str, Any], rank: int | None = None,
     """Instantiate a method from its YAML settings (``options``), the rank group's value and the
     mpc group's settings (``{"name": "none"}`` or absent = no matrix pattern constraint)."""
     cls = method_class(name)
-    if mpc and mpc.get("name", "none") != "none":
-        raise ConfigError(f"mpc={mpc['name']} is not available yet (only mpc=none)")
+    constraint = MPC.from_config(mpc)
+    if constraint.active and constraint.name not in cls.mpc_support:
+        with_ab = sorted(n for n, c in REGISTRY.items() if constraint.name in c.mpc_support)
+        why = ("it has no low-rank factors A and B for the constraint to act on" if not cls.mpc_support
+               else f"it supports only mpc={'|'.join(cls.mpc_support)}")
+        raise ConfigError(f"mpc={constraint.name} does not apply to method {name!r}: {why}. "
+                          f"Use mpc=none, or one of the methods {', '.join(with_ab)}")
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = set(options) - fields
     if unknown:
         raise ConfigError(f"method {name!r} has no setting {sorted(unknown)[0]!r}; "
                           f"its settings are: {', '.join(sorted(fields - {'rank'}))}")
-    return cls(cls.config_class(**options, rank=rank if cls.uses_rank else None))
+    method = cls(cls.config_class(**options, rank=rank if cls.uses_rank else None))
+    method.mpc = constraint
+    return method
 
 

@@ -1,0 +1,37 @@
+"""The parallel adapter (He et al., 2022) on every target module, with LoRA's shapes and init.
+
+It is LoRA with a nonlinearity between A and B, i.e. exactly ``method=lora mpc=n`` (the paper's
+MPC_n rows equal its PA rows); it exists as its own method to name the paper's PA rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..base import register
+from ..mpc import activation_module
+from .lora import LoRAConfig, LowRankLinear, LowRankMethod
+
+
+@dataclass
+class PAConfig(LoRAConfig):
+    activation: str = "relu"  # relu (the paper's), gelu, silu, tanh
+
+
+class ParallelAdapterLinear(LowRankLinear):
+    """y = x W^T + b + s act(x A^T) B^T; A kaiming-uniform, B = 0 (LoRA init), s = alpha / r. Not mergeable."""
+
+
+@register
+class PA(LowRankMethod):
+    """Parallel adapter on all six linear modules: y = base(x) + (alpha / r) ReLU(x A^T) B^T."""
+
+    name = "pa"
+    config_class = PAConfig
+    linear_class = ParallelAdapterLinear
+    mpc_support = ("o", "d")  # it already has MPC_n's nonlinearity
+
+    def activation(self) -> nn.Module:
+        return activation_module(self.config.activation)
