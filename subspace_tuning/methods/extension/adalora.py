@@ -29,7 +29,8 @@ from torch import nn
 
 from ...errors import ConfigError
 from ..base import register
-from .lora import LoRAConfig, LowRankLinear, LowRankMethod
+from .lora import LoRAConfig, LowRankMethod
+from .trilora import TriLoRALinear
 
 
 @dataclass
@@ -53,9 +54,10 @@ def budget_at(step: int, total_steps: int, init_budget: int, target_budget: int,
     return int(target_budget + (init_budget - target_budget) * (1 - progress) ** 3)
 
 
-class AdaLoRALinear(LowRankLinear):
+class AdaLoRALinear(TriLoRALinear):
     """phi(W) = W + s P diag(lambda) Q with P = ``lora_B`` (out x r), Q = ``lora_A`` (r x in) ~ N(0, 0.02),
-    lambda = ``lora_E`` = 0, s = alpha / (number of unmasked triplets); ``rank_mask`` marks the kept triplets."""
+    lambda = ``lora_E`` = 0, s = alpha / (number of unmasked triplets); ``rank_mask`` marks the kept triplets.
+    (TriLoRA's shape and core with AdaLoRA's init and masks.)"""
 
     a_init = "normal"
     b_init = "normal"
@@ -63,15 +65,11 @@ class AdaLoRALinear(LowRankLinear):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float,
                  activation: nn.Module | None = None) -> None:
         super().__init__(base, rank, alpha, dropout, activation)
-        self.lora_E = nn.Parameter(torch.zeros(rank, device=base.weight.device, dtype=base.weight.dtype))
         self.register_buffer("rank_mask", torch.ones(rank, dtype=torch.bool, device=base.weight.device))
 
     @property
     def scaling(self) -> torch.Tensor:
         return self.alpha / self.rank_mask.sum().clamp(min=1)
-
-    def core(self, h: torch.Tensor) -> torch.Tensor:
-        return h * self.lora_E
 
 
 @register

@@ -9,7 +9,7 @@ from torch import nn
 
 from ...architectures import Target
 from ..base import AdaptedLinear, AdapterModule, MethodConfig, register
-from .shared import SharedHolderMethod, shape_of
+from .shared import SharedHolderMethod
 
 
 @dataclass
@@ -63,13 +63,11 @@ class LoTR(SharedHolderMethod):
     """LoTR on all six linear modules: per kind r (out + in) shared parameters plus r^2 per layer."""
 
     name = "lotr"
-    family = "extension"
     config_class = LoTRConfig
     holder_name = "lotr_factors"
 
-    def build_holder(self, model: nn.Module, targets: list[Target]) -> LoTRFactors:
-        shapes = {t.kind: shape_of(model, t) for t in targets}
-        return LoTRFactors(shapes, self.rank, model.get_submodule(targets[0].name).weight)
+    def build_holder(self, shapes: dict[Target, tuple[int, int]], weight: torch.Tensor) -> LoTRFactors:
+        return LoTRFactors({t.kind: shape for t, shape in shapes.items()}, self.rank, weight)
 
     def wrap(self, linear: nn.Linear, target: Target) -> LoTRLinear:
         return LoTRLinear(linear, self.holder, target.kind, self.rank, self.config.alpha, self.config.dropout)

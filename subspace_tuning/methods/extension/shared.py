@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from ...architectures import Target
@@ -17,13 +18,17 @@ from ..base import AdapterModule, LinearMethod
 class SharedHolderMethod(LinearMethod):
     """A ``LinearMethod`` whose ``wrap`` can use ``self.holder``, built once per model by ``build_holder``."""
 
+    family = "extension"
     holder_name: ClassVar[str]
 
-    def build_holder(self, model: nn.Module, targets: list[Target]) -> AdapterModule:
+    def build_holder(self, shapes: dict[Target, tuple[int, int]], weight: torch.Tensor) -> AdapterModule:
+        """The shared tensors for targets of the given (out, in) shapes, on ``weight``'s device and dtype."""
         raise NotImplementedError
 
     def adapt(self, model: nn.Module) -> None:
-        self.holder = self.build_holder(model, self.targets(model))
+        linears = {t: model.get_submodule(t.name) for t in self.targets(model)}
+        shapes = {t: (linear.out_features, linear.in_features) for t, linear in linears.items()}
+        self.holder = self.build_holder(shapes, next(iter(linears.values())).weight)
         model.add_module(self.holder_name, self.holder)
         super().adapt(model)
 
@@ -31,9 +36,3 @@ class SharedHolderMethod(LinearMethod):
         super().merge(model)
         delattr(model, self.holder_name)  # merged layers no longer need the shared tensors
         return model
-
-
-def shape_of(model: nn.Module, target: Target) -> tuple[int, int]:
-    """(out, in) of a target linear layer."""
-    linear = model.get_submodule(target.name)
-    return linear.out_features, linear.in_features

@@ -9,7 +9,7 @@ from torch import nn
 
 from ...architectures import Target
 from ..base import AdaptedLinear, AdapterModule, MethodConfig, register
-from .shared import SharedHolderMethod, shape_of
+from .shared import SharedHolderMethod
 
 
 @dataclass
@@ -64,14 +64,12 @@ class VeRA(SharedHolderMethod):
     """VeRA on all six linear modules: only d (r per module) and b (out per module) train."""
 
     name = "vera"
-    family = "extension"
     config_class = VeRAConfig
     holder_name = "vera_projections"
 
-    def build_holder(self, model: nn.Module, targets: list[Target]) -> VeRAProjections:
-        shapes = [shape_of(model, t) for t in targets]
-        weight = model.get_submodule(targets[0].name).weight
-        return VeRAProjections(self.rank, max(i for _, i in shapes), max(o for o, _ in shapes),
+    def build_holder(self, shapes: dict[Target, tuple[int, int]], weight: torch.Tensor) -> VeRAProjections:
+        """Sized by the largest layer; each layer uses its top-left block."""
+        return VeRAProjections(self.rank, max(i for _, i in shapes.values()), max(o for o, _ in shapes.values()),
                                self.config.projection_seed, weight)
 
     def wrap(self, linear: nn.Linear, target: Target) -> VeRALinear:
