@@ -25,24 +25,15 @@ EXPECTED_COUNTS = {
 METHODS = sorted(EXPECTED_COUNTS)
 
 
+@pytest.mark.parametrize("check", ["identity", "only_own_train", "merge", "save_load"])
 @pytest.mark.parametrize("method", METHODS)
-def test_identity_at_init(tiny_name, method):
-    check_identity_at_init(tiny_name, method)
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_only_own_parameters_train(tiny_name, method):
-    check_only_own_parameters_train(tiny_name, method)
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_merge_matches_adapted_forward(tiny_name, method):
-    check_merge(tiny_name, method)
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_save_load_round_trip(tiny_name, method, tmp_path):
-    check_save_load(tiny_name, method, tmp_path)
+def test_spec_property(tiny_name, method, check, tmp_path):
+    """The SPEC.md properties (method_properties.py); all four apply to every method of this family."""
+    if check == "save_load":
+        check_save_load(tiny_name, method, tmp_path)
+    else:
+        {"identity": check_identity_at_init, "only_own_train": check_only_own_parameters_train,
+         "merge": check_merge}[check](tiny_name, method)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -45,40 +45,29 @@ EXPECTED_COUNTS = {
     "prefix_tuning": lambda shapes, r: 2 * N_TOKENS * layers_and_hidden(shapes)[1] * layers_and_hidden(shapes)[0],
 }
 ALL = sorted([*EXPECTED_COUNTS, "bitfit"])
-IDENTITY = [m for m in ALL if m not in ("prompt_tuning", "prefix_tuning")]
+IDENTITY = [m for m in ALL if not m.startswith(("prompt", "prefix"))]
 MERGEABLE = IDENTITY
 
 
-@pytest.mark.parametrize("method", IDENTITY)
-def test_identity_at_init(tiny_name, method):
-    check_identity_at_init(tiny_name, method)
+PROMPTS = ["prefix_tuning", "prompt_tuning"]  # not an identity at init, and not mergeable
+CASES = ([(m, "identity") for m in IDENTITY] + [(m, "only_own_train") for m in ALL] + [(m, "merge") for m in MERGEABLE]
+         + [(m, "refuses_merge") for m in PROMPTS] + [(m, "save_load") for m in ALL])
 
 
-@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+@pytest.mark.parametrize(("method", "check"), CASES)
+def test_spec_property(tiny_name, method, check, tmp_path):
+    """The SPEC.md properties (method_properties.py), each where it applies."""
+    checks = {"identity": check_identity_at_init, "only_own_train": check_only_own_parameters_train,
+              "merge": check_merge, "refuses_merge": check_not_mergeable,
+              "save_load": lambda name, m: check_save_load(name, m, tmp_path)}
+    checks[check](tiny_name, method)
+
+
+@pytest.mark.parametrize("method", PROMPTS)
 def test_prompts_are_not_an_identity_and_say_so(tiny_name, method):
     base, model, m = adapt(tiny_name, method)
     assert not m.identity_at_init
     assert not torch.allclose(logits(model), logits(base), atol=1e-5)
-
-
-@pytest.mark.parametrize("method", ALL)
-def test_only_own_parameters_train(tiny_name, method):
-    check_only_own_parameters_train(tiny_name, method)
-
-
-@pytest.mark.parametrize("method", MERGEABLE)
-def test_merge_matches_adapted_forward(tiny_name, method):
-    check_merge(tiny_name, method)
-
-
-@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
-def test_prompts_refuse_to_merge(tiny_name, method):
-    check_not_mergeable(tiny_name, method)
-
-
-@pytest.mark.parametrize("method", ALL)
-def test_save_load_round_trip(tiny_name, method, tmp_path):
-    check_save_load(tiny_name, method, tmp_path)
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED_COUNTS))

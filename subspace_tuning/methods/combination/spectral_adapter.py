@@ -45,10 +45,9 @@ class SpectralAdapter(SpectralMethod):
 
     name = "spectral_adapter"
     family = "combination"
+    linear_class = SpectralAdapterLinear
+    uses_rank = True
 
     @property
     def svd_rank(self) -> int:
         return self.rank
-
-    def wrap_factors(self, linear: nn.Linear, factors: Factors) -> SpectralAdapterLinear:
-        return SpectralAdapterLinear(linear, factors)

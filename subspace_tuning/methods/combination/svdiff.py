@@ -28,7 +28,4 @@ class SVDiff(SpectralMethod):
 
     name = "svdiff"
     family = "combination"
-    uses_rank = False
-
-    def wrap_factors(self, linear: nn.Linear, factors: Factors) -> SVDiffLinear:
-        return SVDiffLinear(linear, factors)
+    linear_class = SVDiffLinear

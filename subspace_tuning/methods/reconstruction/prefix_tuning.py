@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from ...architectures import architecture_of
-from ...errors import ConfigError, NotMergeableError
-from ..base import AdapterModule, Method, MethodConfig, register
-from .prompt_tuning import backbone_of
+from ...errors import ConfigError
+from ..base import AdapterModule, MethodConfig, register
+from .prompt_tuning import VirtualTokenMethod, backbone_of
 
 ENCODER_NAME = "prefix_encoder"
 
@@ -166,21 +166,14 @@ class PrefixDisentangledAttention(PrefixAttention):
 
 
 @register
-class PrefixTuning(Method):
+class PrefixTuning(VirtualTokenMethod):
     """Prefix tuning in every layer: phi(W) = W for every weight; n key and n value vectors per layer train.
     Trainable: 2 x n x hidden per layer (the MLP's parameters instead, when reparameterised). Not an
     identity at init (the prefixes take part of every attention)."""
 
     name = "prefix_tuning"
-    family = "reconstruction"
     config_class = PrefixTuningConfig
-    uses_rank = False
-    identity_at_init = False
-
-    def __init__(self, config: PrefixTuningConfig) -> None:
-        super().__init__(config)
-        if config.num_virtual_tokens < 1:
-            raise ConfigError(f"prefix_tuning needs num_virtual_tokens >= 1, got {config.num_virtual_tokens}")
+    adds = "key and value vectors to every attention layer"
 
     def adapt(self, model: nn.Module) -> None:
         architecture_of(model)  # a clear error for unsupported model types
@@ -223,12 +216,6 @@ class PrefixTuning(Method):
     def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         self.fold(model)
         super().load_state_dict(model, state)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        raise NotMergeableError("prefix tuning adds key and value vectors to every attention layer, not a change of "
-                                "any weight, so it cannot be merged into plain nn.Linear layers or exported as a "
-                                "plain transformers checkpoint; use the run's trained.safetensors with this "
-                                "project's code")
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         folded = sum(t.numel() for name, t in self.state_dict(model).items() if name.endswith(("_key", "_value")))

@@ -109,21 +109,36 @@ class SoftPrompt(AdapterModule):
         return (output[0][:, self.num_tokens:], *output[1:])
 
 
-@register
-class PromptTuning(Method):
-    """Prompt tuning: phi(W) = W for every weight; n soft tokens in front of the input are all that trains.
-    Trainable: n x embedding size. Not an identity at init (the prompt changes every attention)."""
+class VirtualTokenMethod(Method):
+    """Prompt and prefix tuning: rank-free, n virtual tokens, not an identity at init, and nothing to merge."""
 
-    name = "prompt_tuning"
     family = "reconstruction"
-    config_class = PromptTuningConfig
     uses_rank = False
     identity_at_init = False
+    adds: str  # what the method adds, for the not-mergeable message
 
     def __init__(self, config: PromptTuningConfig) -> None:
         super().__init__(config)
         if config.num_virtual_tokens < 1:
-            raise ConfigError(f"prompt_tuning needs num_virtual_tokens >= 1, got {config.num_virtual_tokens}")
+            raise ConfigError(f"{self.name} needs num_virtual_tokens >= 1, got {config.num_virtual_tokens}")
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        raise NotMergeableError(f"{self.name} adds {self.adds}, not a change of any weight, so it cannot be merged "
+                                "into plain nn.Linear layers or exported as a plain transformers checkpoint; use the "
+                                "run's trained.safetensors with this project's code")
+
+
+@register
+class PromptTuning(VirtualTokenMethod):
+    """Prompt tuning: phi(W) = W for every weight; n soft tokens in front of the input are all that trains.
+    Trainable: n x embedding size. Not an identity at init (the prompt changes every attention)."""
+
+    name = "prompt_tuning"
+    config_class = PromptTuningConfig
+    adds = "soft input tokens"
+
+    def __init__(self, config: PromptTuningConfig) -> None:
+        super().__init__(config)
         if config.init not in INITS:
             raise ConfigError(f"unknown prompt_tuning init {config.init!r}; choose one of: {', '.join(INITS)}")
 
@@ -133,8 +148,3 @@ class PromptTuning(Method):
         backbone.add_module("soft_prompt", prompt)
         backbone.register_forward_pre_hook(prompt.prepend, with_kwargs=True)
         backbone.encoder.layer[-1].register_forward_hook(prompt.strip)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        raise NotMergeableError("prompt tuning adds soft input tokens, not a change of any weight, so it cannot be "
-                                "merged into plain nn.Linear layers or exported as a plain transformers checkpoint; "
-                                "use the run's trained.safetensors with this project's code")

@@ -30,7 +30,4 @@ class SamParser(SpectralMethod):
 
     name = "sam_parser"
     family = "reconstruction"
-    uses_rank = False
-
-    def wrap_factors(self, linear: nn.Linear, factors: Factors) -> SamParserLinear:
-        return SamParserLinear(linear, factors)
+    linear_class = SamParserLinear

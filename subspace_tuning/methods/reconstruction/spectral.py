@@ -12,6 +12,7 @@ On the meta device (parameter counting) no SVD runs: correctly shaped empty fact
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -71,8 +72,10 @@ class SpectralLinear(AdaptedLinear):
 
 
 class SpectralMethod(LinearMethod):
-    """Applies the SVD of all targets in one go, then wraps each target with its factors."""
+    """Applies the SVD of all targets in one go, then wraps each target in ``linear_class`` with its factors."""
 
+    uses_rank = False
+    linear_class: ClassVar[type[SpectralLinear]]
     svd_rank: int | None = None  # how many singular triplets to keep (None = all)
 
     def adapt(self, model: nn.Module) -> None:
@@ -82,10 +85,7 @@ class SpectralMethod(LinearMethod):
             self.check_rank(target, linear)
         factors = thin_svds([linear.weight for linear in linears], self.svd_rank)
         for target, linear, triplet in zip(targets, linears, factors, strict=True):
-            replace_module(model, target.name, self.wrap_factors(linear, triplet))
-
-    def wrap_factors(self, linear: nn.Linear, factors: Factors) -> SpectralLinear:
-        raise NotImplementedError
+            replace_module(model, target.name, self.linear_class(linear, triplet))
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The trained parameters only: the SVD factors are recomputed from W on every apply."""
