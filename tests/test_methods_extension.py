@@ -12,7 +12,6 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_model
 from method_properties import (
     adapt,
     check_count,
@@ -163,5 +162,6 @@ def test_adapters_sit_on_the_output_projections(tiny_name, method, kinds, bottle
 def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="target_r"):
         build_method("adalora", {"target_r": 9}, 8)
-    with pytest.raises(ConfigError, match="activation"):
-        build_method("hadapter", {"activation": "sigmoidish"}, 8).apply(tiny_model("tiny-roberta"))
+    for name in ("hadapter", "padapter", "pa"):
+        with pytest.raises(ConfigError, match="activation"):
+            build_method(name, {"activation": "sigmoidish"}, 8)

@@ -52,6 +52,10 @@ class BottleneckAdapter(LinearMethod):
     family = "extension"
     config_class = AdapterConfig
 
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__(config)
+        activation_module(config.activation)  # an unknown name fails when the run is configured
+
     def wrap(self, linear: nn.Linear, target: Target) -> BottleneckAdapterLinear:
         return BottleneckAdapterLinear(linear, self.config.bottleneck_per_rank * self.rank,
                                        activation_module(self.config.activation))

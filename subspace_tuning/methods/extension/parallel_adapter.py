@@ -33,5 +33,9 @@ class PA(LowRankMethod):
     linear_class = ParallelAdapterLinear
     mpc_support = ("o", "d")  # it already has MPC_n's nonlinearity
 
+    def __init__(self, config: PAConfig) -> None:
+        super().__init__(config)
+        activation_module(config.activation)  # an unknown name fails when the run is configured
+
     def activation(self) -> nn.Module:
         return activation_module(self.config.activation)
