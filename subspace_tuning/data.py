@@ -197,6 +197,8 @@ def build_dataloaders(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[DataLoader
         raise ConfigError(f"task {cfg.task.name} has no 'train' split in task.splits")
     dataset, cached = load_tokenized(cfg.task, tokenizer, int(cfg.data.max_length), cfg.data.cache_dir)
     log.info("data: %s (%s)", {s: len(d) for s, d in dataset.items()}, "cached" if cached else "tokenised")
+    if int(cfg.model.arch.get("type_vocab_size", 2)) < 2 and "token_type_ids" in dataset["train"].column_names:
+        dataset = dataset.remove_columns("token_type_ids")  # RoBERTa / DeBERTaV3 have no segment embeddings
     collate = DataCollatorWithPadding(tokenizer)
     train = train_subset(dataset["train"], cfg.data.max_train_samples)
     generator = torch.Generator().manual_seed(int(cfg.seed))

@@ -92,3 +92,16 @@ def test_two_seed_multirun_writes_two_run_folders(tmp_path):
     assert all(json.loads(p.read_text())["status"] == "completed" for p in runs)
     first, second = (json.loads(p.read_text())["history"][0]["train_loss"] for p in runs)
     assert first != second  # the seed reaches the data order and the initialisation
+
+
+def test_mnli_evaluates_matched_and_mismatched(tmp_path):
+    header = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tgold_label\n"
+    labels = ["entailment", "neutral", "contradiction"]
+    folder = tmp_path / "glue" / "MNLI"
+    folder.mkdir(parents=True)
+    for name, n in (("train.tsv", 24), ("dev_matched.tsv", 9), ("dev_mismatched.tsv", 6)):
+        rows = "".join(f"{i}\t0\t0\tfiction\tpremise {i}\thypothesis {i}\t{labels[i % 3]}\n" for i in range(n))
+        (folder / name).write_text(header + rows)
+    metrics = run_in_process(tmp_path, ["task=mnli", f"task.data_dir={tmp_path / 'glue'}", "method=lora",
+                                        "train.max_steps=1", "train.batch_size=8"])
+    assert set(metrics["last"]["scores"]) == {"accuracy", "validation_mismatched/accuracy"}
