@@ -4,6 +4,11 @@ Order of work: build the model with the chosen method, train with AdamW and a li
 schedule through accelerate, evaluate every epoch (and every ``train.eval_steps``), and keep the run
 folder current after every evaluation: ``metrics.json`` (status ``running`` until the end),
 ``train_log.jsonl`` (one line per evaluation), ``config.yaml`` and the trained parameters.
+
+Nothing is lost when a run dies: at every epoch end ``checkpoint.pt`` holds the trainable state, the
+optimizer, the scheduler, every RNG and the method's own state (AdaLoRA's allocator), and a relaunch of
+the same configuration continues from it and ends with the same result. A completed run of the same
+configuration is not run again.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +32,9 @@ from tqdm.auto import tqdm
 
 from .config import CONF_DIR, method_options, register_resolvers
 from .errors import SubspaceTuningError, TrainingDiverged
+from .resume import completed_metrics, config_fingerprint
 from .runio import (
+    atomic_write,
     atomic_write_json,
     atomic_write_text,
     git_commit,
@@ -35,18 +44,20 @@ from .runio import (
 )
 
 log = logging.getLogger("subspace_tuning")
+CHECKPOINT = "checkpoint.pt"
 
 
 class Run:
-    """The run folder and what it records; every write is atomic."""
+    """The run folder and what it records; every write is atomic and only the main process writes."""
 
-    def __init__(self, folder: Path, cfg: DictConfig, is_main: bool = True) -> None:
+    def __init__(self, folder: Path, cfg: DictConfig, fingerprint: str, is_main: bool = True) -> None:
         self.folder, self.cfg, self.is_main = folder, cfg, is_main
         self.metrics: dict[str, Any] = {
             "status": "running",
             "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
             "rank": cfg.rank, "mpc": cfg.mpc.name, "seed": cfg.seed,
             "metric": cfg.task.metrics[0], "best": None, "last": None, "history": [],
+            "config_fingerprint": fingerprint,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": library_versions(), "git_commit": git_commit(),
         }
@@ -62,14 +73,15 @@ class Run:
 
     def log_eval(self, record: dict[str, Any]) -> None:
         self.metrics["history"].append(record)
-        headline = record["scores"][self.metrics["metric"]]
+        headline = self.metrics["metric"]
         best = self.metrics["best"]
-        if best is None or headline > best["scores"][self.metrics["metric"]]:
+        if best is None or record["scores"][headline] > best["scores"][headline]:
             self.metrics["best"] = record
         self.metrics["last"] = record
         if self.is_main:
-            with open(self.folder / "train_log.jsonl", "a") as handle:  # append-only: a line per eval
-                handle.write(json.dumps(record) + "\n")
+            # rewritten whole (not appended) so that a resumed run's log has no duplicate lines
+            atomic_write_text(self.folder / "train_log.jsonl",
+                              "".join(json.dumps(r) + "\n" for r in self.metrics["history"]))
         self.update()
 
 
@@ -85,8 +97,8 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, head_names: set[str]) -> 
             continue
         group_lr, group_decay = (head_lr, head_decay) if name in head_names else (lr, decay)
         groups.setdefault((group_lr, group_decay if param.ndim > 1 else 0.0), []).append(param)
-    return torch.optim.AdamW([{"params": p, "lr": g_lr, "weight_decay": g_wd} for (g_lr, g_wd), p in groups.items()],
-                             lr=lr, betas=tuple(cfg.betas), eps=float(cfg.eps))
+    param_groups = [{"params": p, "lr": g_lr, "weight_decay": g_wd} for (g_lr, g_wd), p in groups.items()]
+    return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(cfg.betas), eps=float(cfg.eps))
 
 
 @torch.no_grad()
@@ -114,6 +126,27 @@ def trainable_summary(counts: dict[str, int]) -> str:
             f"{counts['total']:,}) + classification head {counts['head']:,}")
 
 
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "data_order": generator.get_state()}
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data_order"])
+
+
+@dataclass
+class Progress:
+    """Where training stands: restored from a checkpoint on resume."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    train_time: float = 0.0  # seconds spent in training steps (not evaluation)
+
+
 # --- the recipe ---------------------------------------------------------------------------------
 def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     """Train one configuration and record it in ``folder``. Returns the final metrics."""
@@ -129,7 +162,8 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     from .params import count_parameters
 
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=bool(cfg.train.cpu))
-    run = Run(folder, cfg, accelerator.is_main_process)
+    fingerprint = config_fingerprint(cfg)
+    run = Run(folder, cfg, fingerprint, accelerator.is_main_process)
     run.write_config()
     start = time.perf_counter()
     try:
@@ -146,83 +180,106 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
         log.info(trainable_summary(counts))
         run.update(parameters=counts)
 
-        head_names = head_parameter_names(model)
-        optimizer = build_optimizer(cfg.optim, model, head_names)
+        optimizer = build_optimizer(cfg.optim, model, head_parameter_names(model))
         steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
         total_steps = int(cfg.train.epochs) * steps_per_epoch
         if cfg.train.max_steps is not None:
             total_steps = min(total_steps, int(cfg.train.max_steps))
         scheduler = get_linear_schedule_with_warmup(optimizer, int(float(cfg.optim.warmup_ratio) * total_steps),
                                                     total_steps)
+        data_order = train_loader.generator
         model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
         eval_loaders = {split: accelerator.prepare(loader) for split, loader in eval_loaders.items()}
         raw_model = accelerator.unwrap_model(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
-
         metric_names = list(cfg.task.metrics)
+        progress = Progress()
+
+        checkpoint_path = folder / CHECKPOINT
+        if cfg.train.checkpoint and checkpoint_path.is_file():
+            state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            if state["fingerprint"] == fingerprint:
+                method.load_state_dict(raw_model, state["trained"])
+                method.load_checkpoint_state(raw_model, state["method"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                set_rng_state(state["rng"], data_order)
+                progress = Progress(**state["progress"])
+                run.metrics.update(state["metrics"], status="running")
+                log.info("resuming from %s after epoch %d (step %d)", checkpoint_path, progress.epoch, progress.step)
 
         def evaluate_all(step: int, train_loss: float, regs: dict[str, float]) -> None:
             scores: dict[str, float] = {}
             for i, (split, loader) in enumerate(eval_loaders.items()):
                 split_scores = evaluate(model, loader, metric_names, accelerator)
                 scores.update(zip(score_names(split, i == 0, metric_names), split_scores.values(), strict=True))
-            epoch = step / steps_per_epoch
-            record = {"epoch": round(epoch, 4), "step": step, "train_loss": train_loss, "regularizers": regs,
-                      "lr": scheduler.get_last_lr()[0], "scores": scores,
-                      "elapsed_s": round(time.perf_counter() - start, 2)}
+            record = {"epoch": round(step / steps_per_epoch, 4), "step": step, "train_loss": train_loss,
+                      "regularizers": regs, "lr": scheduler.get_last_lr()[0], "scores": scores,
+                      "elapsed_s": round(progress.train_time, 2)}
             run.log_eval(record)
-            tqdm.write(f"eval epoch {epoch:.2f} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            tqdm.write(f"eval epoch {record['epoch']:.2f} step {step}: "
+                       + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
-        step, train_time = 0, 0.0
-        running_loss, running_regs, running_n = 0.0, {}, 0
-        bar = tqdm(total=total_steps, desc=f"{cfg.method.name} {cfg.task.name}", unit="step",
+        def save_checkpoint() -> None:
+            if not (cfg.train.checkpoint and accelerator.is_main_process):
+                return
+            state = {"fingerprint": fingerprint, "trained": method.state_dict(raw_model),
+                     "method": method.checkpoint_state(raw_model), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "rng": rng_state(data_order),
+                     "progress": vars(progress), "metrics": {k: run.metrics[k] for k in ("best", "last", "history")}}
+            atomic_write(checkpoint_path, lambda handle: torch.save(state, handle))
+
+        bar = tqdm(total=total_steps, initial=progress.step, desc=f"{cfg.method.name} {cfg.task.name}", unit="step",
                    disable=not (cfg.train.progress and accelerator.is_local_main_process), dynamic_ncols=True)
         model.train()
-        for epoch in range(int(cfg.train.epochs)):
+        while progress.epoch < int(cfg.train.epochs) and progress.step < total_steps:
             tick = time.perf_counter()
+            loss_sum, reg_sums, n = 0.0, {}, 0
             for batch in train_loader:
                 task_loss = model(**batch).loss
                 regs = method.regularizers(raw_model)
                 loss = task_loss + sum(regs.values()) if regs else task_loss
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"the loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); "
-                                           f"try a lower optim.lr (now {cfg.optim.lr})")
+                    raise TrainingDiverged(f"the loss became {loss.item()} at step {progress.step + 1} "
+                                           f"(epoch {progress.epoch + 1}); try a lower optim.lr (now {cfg.optim.lr})")
                 accelerator.backward(loss)
                 if cfg.optim.max_grad_norm:
                     accelerator.clip_grad_norm_(trainable, float(cfg.optim.max_grad_norm))
                 optimizer.step()
                 scheduler.step()
-                step += 1
-                method.after_optimizer_step(raw_model, step, total_steps)  # gradients still there (AdaLoRA)
+                progress.step += 1
+                method.after_optimizer_step(raw_model, progress.step, total_steps)  # gradients still there
                 optimizer.zero_grad(set_to_none=True)
 
-                running_loss += task_loss.item()
-                running_n += 1
+                loss_sum, n = loss_sum + task_loss.item(), n + 1
                 for name, value in regs.items():
-                    running_regs[name] = running_regs.get(name, 0.0) + value.item()
+                    reg_sums[name] = reg_sums.get(name, 0.0) + value.item()
                 bar.update(1)
-                if step % int(cfg.train.log_every) == 0 or step == total_steps:
-                    bar.set_postfix(loss=f"{running_loss / running_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                if cfg.train.eval_steps and step % int(cfg.train.eval_steps) == 0 and step < total_steps:
-                    train_time += time.perf_counter() - tick
-                    evaluate_all(step, running_loss / running_n, {k: v / running_n for k, v in running_regs.items()})
+                if progress.step % int(cfg.train.log_every) == 0:
+                    bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                at_end = progress.step >= total_steps
+                if cfg.train.eval_steps and progress.step % int(cfg.train.eval_steps) == 0 and not at_end:
+                    progress.train_time += time.perf_counter() - tick
+                    evaluate_all(progress.step, loss_sum / n, {k: v / n for k, v in reg_sums.items()})
                     tick = time.perf_counter()
-                if step >= total_steps:
+                if at_end:
                     break
-            train_time += time.perf_counter() - tick
-            n = max(running_n, 1)
-            evaluate_all(step, running_loss / n, {k: v / n for k, v in running_regs.items()})
-            running_loss, running_regs, running_n = 0.0, {}, 0
-            if step >= total_steps:
-                break
+            progress.train_time += time.perf_counter() - tick
+            progress.epoch += 1
+            n = max(n, 1)
+            evaluate_all(progress.step, loss_sum / n, {k: v / n for k, v in reg_sums.items()})
+            save_checkpoint()
         bar.close()
 
         if cfg.train.save_trained and accelerator.is_main_process:
             save_tensors(folder / "trained.safetensors", method.state_dict(raw_model),
                          metadata={"method": cfg.method.name, "rank": str(method.rank)})
-        run.update(status="completed", steps=step, wall_time_s=round(time.perf_counter() - start, 2),
-                   train_time_s=round(train_time, 2), train_steps_per_s=round(step / max(train_time, 1e-9), 4),
+        run.update(status="completed", steps=progress.step, wall_time_s=round(time.perf_counter() - start, 2),
+                   train_time_s=round(progress.train_time, 2),
+                   train_steps_per_s=round(progress.step / max(progress.train_time, 1e-9), 4),
                    memory=peak_memory_mb(accelerator.device), method_summary=method.summary(raw_model))
+        if accelerator.is_main_process:
+            checkpoint_path.unlink(missing_ok=True)  # the run is complete: its result is in metrics.json
         headline = run.metrics["metric"]
         log.info("done: best %s %.4f (epoch %s), last %.4f; results in %s", headline,
                  run.metrics["best"]["scores"][headline], run.metrics["best"]["epoch"],
@@ -234,6 +291,15 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
         raise
 
 
+def train_or_skip(cfg: DictConfig, folder: Path) -> dict[str, Any]:
+    """Train, unless ``folder`` already holds a completed run of this configuration."""
+    done = completed_metrics(folder, config_fingerprint(cfg))
+    if done is not None:
+        log.info("already complete, not run again: %s", folder)
+        return done
+    return train(cfg, folder)
+
+
 # --- command line ---------------------------------------------------------------------------------
 def _hydra_task(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -242,7 +308,7 @@ def _hydra_task(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
     try:
-        metrics = train(cfg, folder)
+        metrics = train_or_skip(cfg, folder)
     except SubspaceTuningError as err:
         print(f"\nerror: {err}\n(run folder: {folder})", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:

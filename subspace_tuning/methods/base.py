@@ -97,9 +97,9 @@ class Method:
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
         if self.uses_rank:
-            if config.rank is None or int(config.rank) <= 0:
+            if not isinstance(config.rank, int) or isinstance(config.rank, bool) or config.rank <= 0:
                 raise ConfigError(f"method {self.name!r} needs a rank >= 1, got {config.rank!r} "
-                                  "(set rank=2|4|8|16 or rank.r=<n>)")
+                                  "(set rank=<n>)")
         self.target_kinds = tuple(config.targets) if config.targets else self.default_targets
 
     @property
@@ -130,6 +130,13 @@ class Method:
 
     def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """Called by the training loop after every optimizer step (global step count ``step``)."""
+
+    def checkpoint_state(self, model: nn.Module) -> dict[str, Any]:
+        """State outside parameters and buffers that a resumed run needs (e.g. AdaLoRA's importance scores)."""
+        return {}
+
+    def load_checkpoint_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Restore what ``checkpoint_state`` returned."""
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         """Method-specific facts for metrics.json (e.g. AdaLoRA's final ranks)."""
@@ -204,7 +211,7 @@ def method_class(name: str) -> type[Method]:
 
 def build_method(name: str, options: dict[str, Any], rank: int | None = None,
                  mpc: dict[str, Any] | None = None) -> Method:
-    """Instantiate a method from its YAML settings (``options``), the rank group's value and the
+    """Instantiate a method from its YAML settings (``options``), the run's rank and the
     mpc group's settings (``{"name": "none"}`` or absent = no matrix pattern constraint)."""
     cls = method_class(name)
     constraint = MPC.from_config(mpc)
