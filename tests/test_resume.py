@@ -1,0 +1,81 @@
+"""Nothing is lost when a run dies: epoch checkpoints, resuming to the same result, skipping finished runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_train import QUICK, run_in_process, train_py
+
+from subspace_tuning.config import compose
+from subspace_tuning.methods.extension.lora import LoRA
+from subspace_tuning.train import CHECKPOINT, train_or_skip
+
+SHORT = ["method=lora", "optim.lr=1e-2", "data.max_train_samples=64", "train.batch_size=16", "train.epochs=3"]
+
+
+def comparable(metrics: dict) -> list:
+    return [(h["step"], h["train_loss"], h["scores"], h["lr"]) for h in metrics["history"]]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    uninterrupted = run_in_process(tmp_path / "a", SHORT)
+
+    def killed_at_step_6(self, model, step, total_steps):
+        if step == 6:  # mid-way through the second of three epochs (4 steps each)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LoRA, "after_optimizer_step", killed_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(tmp_path / "b", SHORT)
+    folder = tmp_path / "b" / "run"
+    assert json.loads((folder / "metrics.json").read_text())["status"] == "failed"
+    assert (folder / CHECKPOINT).is_file()
+    monkeypatch.undo()
+
+    resumed = run_in_process(tmp_path / "b", SHORT)
+    assert resumed["status"] == "completed"
+    assert comparable(resumed) == comparable(uninterrupted)
+    assert len((folder / "train_log.jsonl").read_text().splitlines()) == 3
+    assert not (folder / CHECKPOINT).exists()  # removed once the run is complete
+
+
+def test_completed_run_is_skipped_and_changed_config_reruns(tmp_path, monkeypatch):
+    cfg = compose(QUICK + [f"data.cache_dir={tmp_path / 'cache'}", "method=lora", "train.max_steps=2"])
+    first = train_or_skip(cfg, tmp_path / "run")
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr("subspace_tuning.train.train", must_not_train)
+    assert train_or_skip(cfg, tmp_path / "run") == first
+    # a progress bar is cosmetic; the learning rate is not
+    assert train_or_skip(compose(QUICK + [f"data.cache_dir={tmp_path / 'cache'}", "method=lora", "train.max_steps=2",
+                                          "train.progress=true"]), tmp_path / "run") == first
+    changed = compose(QUICK + [f"data.cache_dir={tmp_path / 'cache'}", "method=lora", "train.max_steps=2",
+                               "optim.lr=1e-4"])
+    with pytest.raises(AssertionError, match="trained again"):
+        train_or_skip(changed, tmp_path / "run")
+
+
+def test_relaunched_sweep_runs_only_what_is_missing(tmp_path):
+    args = ["-m", *QUICK, "method=lora", "train.max_steps=2", f"output_root={tmp_path}",
+            f"data.cache_dir={tmp_path / 'cache'}", "experiment_name=sweep"]
+    first = train_py([*args, "seed=0"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    dry = train_py([*args, "seed=0,1", "hydra.sweeper.dry_run=true"], cwd=tmp_path)
+    assert "grid: 2 runs (1 rows x 2 grid points); 1 already complete, 1 to run" in dry.stdout
+    assert "seed=1" in dry.stdout and not list(tmp_path.glob("sweep/**/seed1"))
+    second = train_py([*args, "seed=0,1"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "skipping 1 completed runs of 2; launching 1" in second.stderr + second.stdout
+    assert (tmp_path / "sweep/tiny-roberta/toy-sentiment/lora/r8/mpc-none/seed1/metrics.json").is_file()
+
+
+def test_rows_cross_the_grid(tmp_path):
+    rows = "['method=full','method=lora rank=2']"
+    result = train_py(["-m", *QUICK, "seed=0,1", f"+hydra.sweeper.rows={rows}", "hydra.sweeper.dry_run=true",
+                       f"output_root={tmp_path}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "grid: 4 runs (2 rows x 2 grid points)" in result.stdout
+    assert result.stdout.count("method=lora rank=2") == 2
