@@ -31,9 +31,8 @@ def backbone_of(model: nn.Module) -> nn.Module:
 def absolute_positions(embeddings: nn.Module, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor,
                        position_ids: torch.Tensor | None) -> torch.Tensor | None:
     """The position ids the model would give the real tokens, or None if it adds no absolute positions."""
-    if getattr(embeddings, "position_embeddings", None) is None or not getattr(embeddings, "position_biased_input",
-                                                                               True):
-        return None  # DeBERTa-v3: relative positions only, computed from the sequence itself
+    if getattr(embeddings, "position_embeddings", None) is None:
+        return None  # DeBERTa-v3 (position_biased_input false): relative positions only, from the sequence itself
     if position_ids is not None:
         return position_ids
     if hasattr(embeddings, "create_position_ids_from_input_ids"):  # RoBERTa: counted from padding_idx + 1
