@@ -56,7 +56,9 @@ class GridSweeper(BasicSweeper):
         if self.rows:
             jobs = [[o for o in combo if _key(o) not in {_key(r) for r in row}] + row
                     for row in self.rows for combo in grid]
-        pending = [job for job in jobs if not (self.skip_completed and self._completed(job))]
+        # composing every job is what it costs to know its folder; a sweep with no finished run skips that
+        check = self.skip_completed and any(Path(self.config.hydra.sweep.dir).glob("**/metrics.json"))
+        pending = [job for job in jobs if not (check and self._completed(job))]
         done = len(jobs) - len(pending)
         if self.dry_run:
             print(f"grid: {len(jobs)} runs ({len(self.rows) or 1} rows x {len(grid)} grid points); "

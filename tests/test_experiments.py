@@ -1,0 +1,45 @@
+"""Experiment configs expand to exactly the paper's grids."""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+
+import pytest
+from omegaconf import OmegaConf
+from test_train import train_py
+
+from subspace_tuning.config import CONF_DIR
+
+
+def paper_rows(model: str) -> list[tuple[str, int | None, str]]:
+    tables = json.loads(files("subspace_tuning").joinpath("paper_results.json").read_text())["tables"]
+    return [(row["method"], row["rank"], row["mpc"]) for row in tables[model]["rows"]]
+
+
+def grid_rows(row_strings: list[str]) -> list[tuple[str, int | None, str]]:
+    rows = []
+    for row in row_strings:
+        values = dict(part.split("=", 1) for part in row.split())
+        rank = int(values["rank"]) if "rank" in values else None
+        rows.append((values["method"], rank, values.get("mpc", "none")))
+    return rows
+
+
+@pytest.mark.parametrize("experiment,model", [("table2_roberta_base", "roberta-base"),
+                                              ("table3_deberta_v3_base", "deberta-v3-base"),
+                                              ("table4_roberta_large", "roberta-large")])
+def test_table_experiments_hold_exactly_the_paper_rows(experiment, model):
+    assert OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml").defaults[1] == {"override /model": model}
+    grid = OmegaConf.load(CONF_DIR / "grid" / "paper_table.yaml")
+    assert sorted(grid_rows(list(grid.rows)), key=str) == sorted(paper_rows(model), key=str)
+    assert grid.params.task.split(",") == ["mnli", "sst2", "cola", "qqp", "qnli", "rte", "mrpc", "stsb"]
+    assert grid.params.seed == "0,1,2,3,4"
+
+
+def test_dry_run_prints_the_grid_size(tmp_path):
+    result = train_py(["-m", "experiment=table2_roberta_base", "hydra.sweeper.dry_run=true",
+                       f"output_root={tmp_path}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("grid: 2320 runs (58 rows x 40 grid points); 0 already complete, 2320 to run")
+    assert not list(tmp_path.glob("**/metrics.json"))
