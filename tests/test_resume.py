@@ -8,32 +8,38 @@ import pytest
 from test_train import QUICK, run_in_process, train_py
 
 from subspace_tuning.config import compose
-from subspace_tuning.methods.extension.lora import LoRA
+from subspace_tuning.methods import build_method
 from subspace_tuning.train import CHECKPOINT, train_or_skip
 
-SHORT = ["method=lora", "optim.lr=1e-2", "data.max_train_samples=64", "train.batch_size=16", "train.epochs=3"]
+SHORT = ["optim.lr=1e-2", "data.max_train_samples=64", "train.batch_size=16", "train.epochs=3"]
 
 
 def comparable(metrics: dict) -> list:
     return [(h["step"], h["train_loss"], h["scores"], h["lr"]) for h in metrics["history"]]
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
-    uninterrupted = run_in_process(tmp_path / "a", SHORT)
+@pytest.mark.parametrize("method", ["lora", "adalora"])  # AdaLoRA: the allocator state must survive too
+def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch, method):
+    allocate_every_step = ["method.tinit=2", "method.tfinal=2", "method.deltaT=1"] if method == "adalora" else []
+    overrides = [*SHORT, f"method={method}", *allocate_every_step]
+    uninterrupted = run_in_process(tmp_path / "a", overrides)
+    method_class = type(build_method(method, {}, 8))
+    original = method_class.after_optimizer_step
 
     def killed_at_step_6(self, model, step, total_steps):
+        original(self, model, step, total_steps)
         if step == 6:  # mid-way through the second of three epochs (4 steps each)
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(LoRA, "after_optimizer_step", killed_at_step_6)
+    monkeypatch.setattr(method_class, "after_optimizer_step", killed_at_step_6)
     with pytest.raises(KeyboardInterrupt):
-        run_in_process(tmp_path / "b", SHORT)
+        run_in_process(tmp_path / "b", overrides)
     folder = tmp_path / "b" / "run"
     assert json.loads((folder / "metrics.json").read_text())["status"] == "failed"
     assert (folder / CHECKPOINT).is_file()
     monkeypatch.undo()
 
-    resumed = run_in_process(tmp_path / "b", SHORT)
+    resumed = run_in_process(tmp_path / "b", overrides)
     assert resumed["status"] == "completed"
     assert comparable(resumed) == comparable(uninterrupted)
     assert len((folder / "train_log.jsonl").read_text().splitlines()) == 3

@@ -152,6 +152,13 @@ class AdaLoRA(LowRankMethod):
             module.rank_mask.copy_(mask)
             module.lora_E.mul_(mask)
 
+    def checkpoint_state(self, model: nn.Module) -> dict[str, Any]:
+        """The allocator: smoothed importance scores and whether the final mask is fixed (masks are buffers)."""
+        return {"smoothed": self.smoothed, "mask_fixed": self.mask_fixed}
+
+    def load_checkpoint_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        self.smoothed, self.mask_fixed = dict(state["smoothed"]), bool(state["mask_fixed"])
+
     def summary(self, model: nn.Module) -> dict[str, Any]:
         ranks = {name: int(m.rank_mask.sum()) for name, m in self.adalora_modules(model).items()}
         return {**super().summary(model), "init_r": self.rank, "target_r": self.target_r,
