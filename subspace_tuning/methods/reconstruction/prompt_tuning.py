@@ -123,8 +123,8 @@ class VirtualTokenMethod(Method):
 
     def merge(self, model: nn.Module) -> nn.Module:
         raise NotMergeableError(f"{self.name} adds {self.adds}, not a change of any weight, so it cannot be merged "
-                                "into plain nn.Linear layers or exported as a plain transformers checkpoint; use the "
-                                "run's trained.safetensors with this project's code")
+                                "into plain nn.Linear layers; use the run's trained.safetensors with this project's "
+                                "code")
 
 
 @register
