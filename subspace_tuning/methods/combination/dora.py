@@ -54,14 +54,11 @@ class DoRALinear(AdaptedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_norm):
             updated = self.updated_weight()  # a constant in backward when the norm is detached
-        # Speed (docs/benchmarks.md): as in LoRA, s scales the r-wide h and addmm_ adds s B A x into W x in place;
-        # addcmul applies the row scale and the bias in one pass (casts matter only under autocast).
-        h = (self.dropout(x) @ self.lora_A.T) * self.scaling
-        direction = nn.functional.linear(x.reshape(-1, x.shape[-1]), self.base.weight)
-        direction.addmm_(h.reshape(-1, h.shape[-1]).to(direction.dtype), self.lora_B.T.to(direction.dtype))
+        # Speed (docs/benchmarks.md): as in LoRA, s scales the r-wide h and s B A x is added into W x in place;
+        # addcmul applies the row scale and the bias in one pass.
+        direction = self.base_plus(x, (self.dropout(x) @ self.lora_A.T) * self.scaling, self.lora_B, bias=False)
         scale = self.row_scale(updated)
-        out = torch.addcmul(self.base.bias, direction, scale) if self.base.bias is not None else direction * scale
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return torch.addcmul(self.base.bias, direction, scale) if self.base.bias is not None else direction * scale
 
     def merged_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         updated = self.updated_weight()

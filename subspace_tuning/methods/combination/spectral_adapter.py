@@ -32,7 +32,7 @@ class SpectralAdapterLinear(SpectralLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         left, scale, right = self.low_rank_factors()
-        return self.base(x) + ((x @ right) * scale) @ left.T
+        return self.base_plus(x, (x @ right) * scale, left)
 
     def delta_weight(self) -> torch.Tensor:
         left, scale, right = self.low_rank_factors()

@@ -73,13 +73,9 @@ class LowRankLinear(AdaptedLinear):
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Speed (docs/benchmarks.md): s scales the r-wide h, and the GEMM that computes h B^T adds it into W x + b in
-        # place (addmm_), so no (tokens x out) temporary is made and the activations are passed over three times
-        # fewer forward and once fewer backward than by (W x + b) + (h B^T) * s. The casts matter only under autocast.
+        # s scales the r-wide h, not the (tokens x out) output (speed, docs/benchmarks.md)
         h = self.core(self.activation(self.dropout(x) @ self.lora_A.T)) * self.scaling
-        y = self.base(x.reshape(-1, x.shape[-1]))
-        y.addmm_(h.reshape(-1, h.shape[-1]).to(y.dtype), self.lora_B.T.to(y.dtype))
-        return y.view(*x.shape[:-1], y.shape[-1])
+        return self.base_plus(x, h, self.lora_B)
 
     def delta_weight(self) -> torch.Tensor:
         """s B C A (out x in); C is read off the core by applying it to the identity."""

@@ -51,7 +51,7 @@ class LoTRLinear(AdaptedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u, v = self.shared()
-        return self.base(x) + (self.dropout(x) @ v @ self.lotr_G.T @ u.T) * self.scaling
+        return self.base_plus(x, (self.dropout(x) @ v @ self.lotr_G.T) * self.scaling, u)  # s on the r-wide part
 
     def merged_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         u, v = self.shared()

@@ -52,7 +52,8 @@ class VeRALinear(AdaptedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.frozen_factors()
-        return self.base(x) + self.vera_b * ((self.dropout(x) @ a.T * self.vera_d) @ b.T)
+        # diag(b) folded into the (out x r) B rather than applied to the (tokens x out) output (speed)
+        return self.base_plus(x, self.dropout(x) @ a.T * self.vera_d, self.vera_b[:, None] * b)
 
     def merged_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         a, b = self.frozen_factors()
