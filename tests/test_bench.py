@@ -1,0 +1,43 @@
+"""The benchmark runs end to end on a tiny model and reports every requested row (no timing thresholds:
+numbers from a shared test machine mean nothing; docs/benchmarks.md has the real table)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from subspace_tuning.bench import main
+
+pytest.importorskip("peft")
+
+METHODS = ["lora", "ia3", "sam_parser", "prefix_tuning"]
+
+
+def test_quick_benchmark_writes_every_row_with_times_and_ratios(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    main(["--quick", "--device", "cpu", "--methods", ",".join(METHODS), "--json", str(out)])
+    result = json.loads(out.read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) >= {"frozen", "full", *METHODS, "peft:lora", "peft:ia3"}
+    for name in ("frozen", "full", *METHODS, "peft:lora", "peft:ia3"):
+        row = rows[name]
+        assert row["error"] is None, row["error"]
+        assert row["step_ms"] > 0 and row["peak_mb"] > 0 and row["eval_samples_per_s"] > 0, name
+        assert row["setup_s"] >= 0 and len(row["step_ms_all"]) == result["settings"]["repeats"]
+        assert row["step_vs_frozen"] > 0 and row["step_vs_full"] > 0
+    for name in ("lora", "ia3"):  # the methods PEFT has get ours / PEFT ratios
+        assert rows[name]["step_vs_peft"] > 0 and rows[name]["memory_vs_peft"] > 0
+    assert rows["sam_parser"]["step_vs_peft"] is None
+    assert rows["lora"]["merged"]["mergeable"] and rows["lora"]["merged"]["vs_plain"] > 0
+    assert rows["lora"]["merged"]["leftover_modules"] == []  # merged = plain nn.Linear layers only
+    assert not rows["prefix_tuning"]["merged"]["mergeable"]
+    assert "peft:prefix_tuning" in rows  # PEFT 0.21's prefix tuning fails on transformers 5: a row with its error
+    assert {"lora_step_vs_frozen", "lora_step_vs_peft", "lora_memory_vs_peft"} <= set(result["targets"])
+    table = capsys.readouterr().out
+    assert "peft:lora" in table and "xfrozen" in table
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(SystemExit, match="nope"):
+        main(["--quick", "--methods", "nope"])
