@@ -24,7 +24,7 @@ def test_quick_benchmark_writes_every_row_with_times_and_ratios(tmp_path, capsys
         row = rows[name]
         assert row["error"] is None, row["error"]
         assert row["step_ms"] > 0 and row["peak_mb"] > 0 and row["eval_samples_per_s"] > 0, name
-        assert row["setup_s"] >= 0 and len(row["step_ms_all"]) == result["settings"]["repeats"]
+        assert row["setup_s"] >= 0 and len(row["step_ms_all"]) >= result["settings"]["repeats"]  # frozen: + anchors
         assert row["step_vs_frozen"] > 0 and row["step_vs_full"] > 0
     for name in ("lora", "ia3"):  # the methods PEFT has get ours / PEFT ratios
         assert rows[name]["step_vs_peft"] > 0 and rows[name]["memory_vs_peft"] > 0
