@@ -39,7 +39,11 @@ def thin_svds(weights: list[torch.Tensor], rank: int | None = None) -> list[Fact
         else:
             stack = torch.stack([weights[i] for i in indices])
             work_dtype = torch.promote_types(stack.dtype, torch.float32)  # never SVD in half precision
-            u, s, vh = torch.linalg.svd(stack.to(work_dtype), full_matrices=False)
+            if out_features < in_features:  # LAPACK's gesdd is ~2.6x slower on wide than on tall matrices
+                vt, s, ut = torch.linalg.svd(stack.to(work_dtype).mT, full_matrices=False)
+                u, vh = ut.mT, vt.mT
+            else:
+                u, s, vh = torch.linalg.svd(stack.to(work_dtype), full_matrices=False)
             u, s, vh = (t.to(like.dtype) for t in (u[..., :k], s[..., :k], vh[..., :k, :]))
         for j, i in enumerate(indices):
             factors[i] = (u[j].contiguous(), s[j].contiguous(), vh[j].contiguous())
