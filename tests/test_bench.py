@@ -16,7 +16,8 @@ METHODS = ["lora", "ia3", "sam_parser", "prefix_tuning"]
 
 def test_quick_benchmark_writes_every_row_with_times_and_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    main(["--quick", "--device", "cpu", "--methods", ",".join(METHODS), "--json", str(out)])
+    main(["--quick", "--device", "cpu", "--methods", ",".join(METHODS), "--svd-model", "tiny-roberta",
+          "--json", str(out)])
     result = json.loads(out.read_text())
     rows = {r["name"]: r for r in result["rows"]}
     assert set(rows) >= {"frozen", "full", *METHODS, "peft:lora", "peft:ia3"}
@@ -34,6 +35,9 @@ def test_quick_benchmark_writes_every_row_with_times_and_ratios(tmp_path, capsys
     assert not rows["prefix_tuning"]["merged"]["mergeable"]
     assert "peft:prefix_tuning" in rows  # PEFT 0.21's prefix tuning fails on transformers 5: a row with its error
     assert {"lora_step_vs_frozen", "lora_step_vs_peft", "lora_memory_vs_peft"} <= set(result["targets"])
+    svd = result["svd_setup"]  # SAM-PARSER's set-up on tiny-roberta dims: computed, then from the SVD cache
+    assert svd["matrices"] > 0 and svd["seconds"]["sam_parser"] > 0 and svd["cached_seconds"]["sam_parser"] > 0
+    assert {"sam_parser_svd_setup_tiny-roberta", "sam_parser_svd_setup_tiny-roberta_cached"} <= set(result["targets"])
     table = capsys.readouterr().out
     assert "peft:lora" in table and "xfrozen" in table
 

@@ -6,48 +6,119 @@ batched over the targets that share a shape, in float32 or better whatever the t
 never again during training. The factors are stored as buffers in the weight's dtype but are *not*
 part of the saved adapter state: they are recomputed, deterministically, from the frozen weights
 whenever the method is applied again (so a saved SAM-PARSER run is its sigma', not three copies of W).
-On the meta device (parameter counting) no SVD runs: correctly shaped empty factors stand in.
+Because a sweep applies the same method to the same backbone dozens of times, full SVDs are cached on
+disk keyed by a hash of the weight (``svd_cache_dir``): on a CPU the SVDs of roberta-large's 144 targets
+take over a minute, reading them back a few seconds. On the meta device (parameter counting) no SVD runs:
+correctly shaped empty factors stand in.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 from collections import defaultdict
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ...architectures import replace_module
+from ...runio import load_tensors, save_tensors
 from ..base import AdaptedLinear, LinearMethod
 
+log = logging.getLogger(__name__)
+
 Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # U (out x k), sigma (k), Vh (k x in)
+SVD_CACHE_ENV = "SUBSPACE_TUNING_SVD_CACHE"
+
+
+def svd_cache_dir() -> Path | None:
+    """Where the thin SVDs of frozen weights are kept between runs (every run of a sweep over one backbone
+    needs the same ones): ``$SUBSPACE_TUNING_SVD_CACHE``, by default ``~/.cache/subspace_tuning/svd``;
+    ``off`` turns the cache off."""
+    value = os.environ.get(SVD_CACHE_ENV)
+    if value is None:
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "subspace_tuning" / "svd"
+    if value.strip().lower() in ("", "0", "off", "false", "none"):
+        return None
+    return Path(value).expanduser()
+
+
+def weight_digest(weight: torch.Tensor) -> str:
+    """A content hash of the weight (its bytes, shape and dtype): the cache key of its SVD."""
+    data = weight.detach().to("cpu").contiguous()
+    digest = hashlib.blake2b(data.view(torch.uint8).numpy(), digest_size=20)
+    digest.update(f"{tuple(data.shape)} {data.dtype}".encode())
+    return digest.hexdigest()
+
+
+def read_cached(path: Path, device: torch.device) -> Factors | None:
+    try:
+        tensors = load_tensors(path)
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # a truncated or foreign file: recompute and overwrite it
+        log.warning("ignoring unreadable cached SVD %s (%s)", path, err)
+        return None
+    return tensors["U"].to(device), tensors["S"].to(device), tensors["Vh"].to(device)
+
+
+def write_cached(path: Path, factors: Factors) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors(path, dict(zip(("U", "S", "Vh"), factors, strict=True)))
+    except OSError as err:  # a read-only or full disk costs speed, never the run
+        log.warning("could not cache an SVD in %s (%s); set %s=off to stop trying", path.parent, err, SVD_CACHE_ENV)
+
+
+def batched_svds(weights: list[torch.Tensor]) -> list[Factors]:
+    """Full thin SVDs of same-shape weights in one batched call, in float32 or better."""
+    stack = torch.stack(weights)
+    stack = stack.to(torch.promote_types(stack.dtype, torch.float32))  # never SVD in half precision
+    if stack.shape[-2] < stack.shape[-1]:  # LAPACK's gesdd is ~2.6x slower on wide than on tall matrices
+        vt, s, ut = torch.linalg.svd(stack.mT, full_matrices=False)
+        u, vh = ut.mT, vt.mT
+    else:
+        u, s, vh = torch.linalg.svd(stack, full_matrices=False)
+    return [(u[j], s[j], vh[j]) for j in range(len(weights))]
 
 
 @torch.no_grad()
 def thin_svds(weights: list[torch.Tensor], rank: int | None = None) -> list[Factors]:
-    """Thin SVD of each weight, keeping the top ``rank`` triplets (all when None); one batched call per shape."""
+    """Thin SVD of each weight, keeping the top ``rank`` triplets (all when None).
+
+    Full SVDs come from the cache (``svd_cache_dir``) when it has them; the others are computed with one
+    batched call per shape and cached. On the meta device correctly shaped empty factors stand in."""
+    cache = svd_cache_dir()
+    full: list[Factors | None] = [None] * len(weights)
+    paths: dict[int, Path] = {}
     by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, weight in enumerate(weights):
-        by_shape[tuple(weight.shape)].append(i)
-    factors: list[Factors | None] = [None] * len(weights)
-    for (out_features, in_features), indices in by_shape.items():
-        k = rank or min(out_features, in_features)
-        like = weights[indices[0]]
-        if like.is_meta:
-            u, s, vh = (torch.empty(len(indices), *shape, device="meta", dtype=like.dtype)
-                        for shape in ((out_features, k), (k,), (k, in_features)))
-        else:
-            stack = torch.stack([weights[i] for i in indices])
-            work_dtype = torch.promote_types(stack.dtype, torch.float32)  # never SVD in half precision
-            if out_features < in_features:  # LAPACK's gesdd is ~2.6x slower on wide than on tall matrices
-                vt, s, ut = torch.linalg.svd(stack.to(work_dtype).mT, full_matrices=False)
-                u, vh = ut.mT, vt.mT
-            else:
-                u, s, vh = torch.linalg.svd(stack.to(work_dtype), full_matrices=False)
-            u, s, vh = (t.to(like.dtype) for t in (u[..., :k], s[..., :k], vh[..., :k, :]))
-        for j, i in enumerate(indices):
-            factors[i] = (u[j].contiguous(), s[j].contiguous(), vh[j].contiguous())
-    return factors
+        if weight.is_meta:
+            out_features, in_features = weight.shape
+            k = min(out_features, in_features)
+            full[i] = tuple(torch.empty(shape, device="meta", dtype=weight.dtype)
+                            for shape in ((out_features, k), (k,), (k, in_features)))
+            continue
+        if cache is not None:
+            paths[i] = cache / f"{weight_digest(weight)}.safetensors"
+            full[i] = read_cached(paths[i], weight.device)
+        if full[i] is None:
+            by_shape[tuple(weight.shape)].append(i)
+    for indices in by_shape.values():
+        for i, factors in zip(indices, batched_svds([weights[i] for i in indices]), strict=True):
+            full[i] = factors
+            if i in paths:
+                write_cached(paths[i], factors)
+    return [truncated(factors, rank, weight.dtype) for factors, weight in zip(full, weights, strict=True)]
+
+
+def truncated(factors: Factors | None, rank: int | None, dtype: torch.dtype) -> Factors:
+    u, s, vh = factors
+    k = rank or s.shape[0]
+    return u[:, :k].to(dtype).contiguous(), s[:k].to(dtype).contiguous(), vh[:k].to(dtype).contiguous()
 
 
 class SpectralLinear(AdaptedLinear):
