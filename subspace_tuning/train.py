@@ -161,6 +161,8 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     from .models import build_model, load_tokenizer
     from .params import count_parameters
 
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=bool(cfg.train.cpu))
     fingerprint = config_fingerprint(cfg)
     run = Run(folder, cfg, fingerprint, accelerator.is_main_process)
@@ -268,7 +270,8 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
             progress.epoch += 1
             n = max(n, 1)
             evaluate_all(progress.step, loss_sum / n, {k: v / n for k, v in reg_sums.items()})
-            save_checkpoint()
+            if progress.epoch < int(cfg.train.epochs) and progress.step < total_steps:
+                save_checkpoint()  # not after the last epoch: metrics.json, written next, holds the result
         bar.close()
 
         if cfg.train.save_trained and accelerator.is_main_process:
