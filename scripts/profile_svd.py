@@ -1,0 +1,81 @@
+"""Where the SVD set-up of SAM-PARSER / SVDiff / Spectral Adapter spends its time, per target shape.
+
+    python scripts/profile_svd.py                        # roberta-large: 24 layers x 6 targets
+    python scripts/profile_svd.py --model roberta-base --threads 1
+
+For each distinct target shape (out x in) of the model, one batched call over a few random matrices of that
+shape, per matrix: LAPACK's gesdd on W as it is, gesdd through W^T (what ``thin_svds`` does for wide W), and
+``eigh`` of the Gram matrix (a lower bound of any dense full-spectrum method, not used: it squares the
+condition number); then the whole model's estimate, and reading the same factors back from the SVD cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from subspace_tuning.config import CONF_DIR
+from subspace_tuning.runio import load_tensors, save_tensors
+
+
+def target_shapes(model: str) -> Counter[tuple[int, int]]:
+    """(out, in) -> count over the six linear targets of every layer."""
+    arch = OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml").arch
+    hidden, ffn, layers = int(arch.hidden_size), int(arch.intermediate_size), int(arch.num_hidden_layers)
+    return Counter({(hidden, hidden): 4 * layers, (ffn, hidden): layers, (hidden, ffn): layers})
+
+
+def seconds_per_matrix(fn: Callable[[torch.Tensor], object], stack: torch.Tensor) -> float:
+    fn(stack[:1])  # warm-up: LAPACK workspaces, thread pool
+    start = time.perf_counter()
+    fn(stack)
+    return (time.perf_counter() - start) / stack.shape[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="roberta-large")
+    parser.add_argument("--batch", type=int, default=4, help="matrices timed per shape")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    methods = {
+        "gesdd W": lambda w: torch.linalg.svd(w, full_matrices=False),
+        "gesdd W^T": lambda w: torch.linalg.svd(w.mT, full_matrices=False),
+        "eigh Gram": lambda w: torch.linalg.eigh(w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT),
+    }
+    shapes = target_shapes(args.model)
+    print(f"{args.model}: {sum(shapes.values())} targets, {torch.get_num_threads()} threads, float32")
+    print(f"{'shape (out x in)':<18} {'count':>5} " + " ".join(f"{name + ' s':>12}" for name in methods)
+          + f" {'cache read s':>12}")
+    totals = Counter()
+    with tempfile.TemporaryDirectory() as folder:
+        for (out_features, in_features), count in shapes.items():
+            stack = torch.randn(args.batch, out_features, in_features) / out_features**0.5
+            times = {name: seconds_per_matrix(fn, stack) for name, fn in methods.items()}
+            u, s, vh = torch.linalg.svd(stack[0], full_matrices=False)
+            path = Path(folder) / "factors.safetensors"
+            save_tensors(path, {"U": u, "S": s, "Vh": vh})
+            start = time.perf_counter()
+            load_tensors(path)
+            times["cache read"] = time.perf_counter() - start
+            used = times["gesdd W^T"] if out_features < in_features else times["gesdd W"]
+            times["thin_svds"] = used
+            for name, seconds in times.items():
+                totals[name] += seconds * count
+            print(f"{out_features:>6} x {in_features:<9} {count:>5} "
+                  + " ".join(f"{times[name]:>12.3f}" for name in methods) + f" {times['cache read']:>12.3f}")
+    print("whole model (s): " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in totals.items()))
+
+
+if __name__ == "__main__":
+    main()
