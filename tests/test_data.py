@@ -101,6 +101,16 @@ def test_batches_are_padded_dynamically_and_subsets_are_fixed(tmp_path):
     assert train_loader.dataset["input_ids"] == other_loader.dataset["input_ids"]  # same subset for every seed
 
 
+def test_evaluation_runs_in_length_order_over_the_same_examples():
+    from datasets import Dataset
+
+    rows = {"input_ids": [[1] * n for n in (5, 2, 9, 2, 7)], "label": [0, 1, 2, 3, 4]}
+    ordered = data.eval_subset(Dataset.from_dict(rows), None)
+    assert [len(ids) for ids in ordered["input_ids"]] == [2, 2, 5, 7, 9]
+    assert ordered["label"] == [1, 3, 0, 4, 2]  # each label stays with its example; ties keep their order
+    assert data.eval_subset(Dataset.from_dict(rows), 3)["label"] == [1, 0, 2]  # the first 3 examples, sorted
+
+
 def test_toy_task_is_deterministic_and_holds_adjectives_out():
     assert toy_sentiment("train", 50) == toy_sentiment("train", 50)
     held_out = POSITIVE[-HELD_OUT:] + NEGATIVE[-HELD_OUT:]

@@ -55,9 +55,9 @@ def test_completed_run_is_skipped_and_changed_config_reruns(tmp_path, monkeypatc
 
     monkeypatch.setattr("subspace_tuning.train.train", must_not_train)
     assert train_or_skip(cfg, tmp_path / "run") == first
-    # a progress bar is cosmetic; the learning rate is not
+    # a progress bar and the CPU thread count are cosmetic; the learning rate is not
     assert train_or_skip(compose(QUICK + [f"data.cache_dir={tmp_path / 'cache'}", "method=lora", "train.max_steps=2",
-                                          "train.progress=true"]), tmp_path / "run") == first
+                                          "train.progress=true", "train.threads=1"]), tmp_path / "run") == first
     changed = compose(QUICK + [f"data.cache_dir={tmp_path / 'cache'}", "method=lora", "train.max_steps=2",
                                "optim.lr=1e-4"])
     with pytest.raises(AssertionError, match="trained again"):
