@@ -154,10 +154,14 @@ def reconstruction_figure(plt: Any, table: ModelTable, paper: Paper | None, path
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
     any_paper = False
+    labels_at: dict[float, int] = {}  # methods with the same budget ((IA)3 and SAM-PARSER) get stacked labels
     for color, (row, avg) in zip(_colors(plt, len(drawn)), drawn, strict=False):
         ax.errorbar([row.per_mille], [avg.mean], yerr=[avg.se or 0.0], marker="o", capsize=3, linestyle="none",
                     color=color, label=row.key.label)
-        ax.annotate(row.key.label, (row.per_mille, avg.mean), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        stacked = labels_at.get(round(row.per_mille, 2), 0)
+        labels_at[round(row.per_mille, 2)] = stacked + 1
+        ax.annotate(row.key.label, (row.per_mille, avg.mean), textcoords="offset points",
+                    xytext=(5, 5 + 11 * stacked), fontsize=8)
         published = paper.row(table.model, row.key) if paper else None
         value = _paper_avg(paper, table, row.key)
         if published is not None and value is not None:

@@ -43,3 +43,14 @@ def test_dry_run_prints_the_grid_size(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("grid: 2320 runs (58 rows x 40 grid points); 0 already complete, 2320 to run")
     assert not list(tmp_path.glob("**/metrics.json"))
+
+
+@pytest.mark.parametrize("task,samples", [("rte", 128), ("mrpc", 128), ("stsb", 256), ("cola", 256), ("sst2", 768)])
+def test_mini_glue_states_its_training_subset_per_task(task, samples):
+    from subspace_tuning.config import compose
+
+    cfg = compose(["experiment=mini_glue", f"task={task}"])
+    assert cfg.model.name == "minilm" and cfg.data.max_train_samples == samples and cfg.data.max_eval_samples is None
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.max_length, cfg.train.threads) == (1, 16, 64, 1)
+    sweep = OmegaConf.load(CONF_DIR / "experiment" / "mini_glue.yaml").hydra
+    assert len(sweep.sweeper.rows) * 5 * 3 == 210 and sweep.launcher.n_jobs == 2
