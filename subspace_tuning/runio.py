@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -71,8 +72,11 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The project's commit, with '-dirty' when the checkout has uncommitted changes."""
+    """The project's commit, with '-dirty' when the checkout has uncommitted changes.
+
+    Read once per process: the code a sweep runs is the code it loaded, whatever is committed meanwhile."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,

@@ -7,8 +7,8 @@ never again during training. The factors are stored as buffers in the weight's d
 part of the saved adapter state: they are recomputed, deterministically, from the frozen weights
 whenever the method is applied again (so a saved SAM-PARSER run is its sigma', not three copies of W).
 Because a sweep applies the same method to the same backbone dozens of times, full SVDs are cached on
-disk keyed by a hash of the weight (``svd_cache_dir``): on a CPU the SVDs of roberta-large's 144 targets
-take over a minute, reading them back a few seconds. On the meta device (parameter counting) no SVD runs:
+disk keyed by a hash of the weight (``svd_cache_dir``): on 2 CPU cores the SVDs of roberta-large's 144
+targets take 85 s, reading them back 3 to 4 s (docs/benchmarks.md). On the meta device (parameter counting) no SVD runs:
 correctly shaped empty factors stand in.
 """
 
