@@ -40,7 +40,6 @@ Measurements, after ``--warmup`` untimed steps of each row:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import itertools
@@ -51,16 +50,15 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from .config import CONF_DIR
+from .config import method_defaults, model_yaml
 from .errors import NotMergeableError
 
 REFERENCES = ("frozen", "full")
@@ -138,20 +136,9 @@ def build_base(model_name: str, device: torch.device, dtype: torch.dtype, seed: 
     return model.to(dtype)
 
 
-def model_yaml(model_name: str) -> Any:
-    from .errors import ConfigError, choices_message
-
-    path = CONF_DIR / "model" / f"{model_name}.yaml"
-    if not path.is_file():
-        raise ConfigError(choices_message("model", model_name, [p.stem for p in (CONF_DIR / "model").glob("*.yaml")]))
-    return OmegaConf.load(path)
-
-
 def method_options(name: str) -> dict[str, Any]:
-    """The method's YAML defaults (``conf/method/<name>.yaml``), as a training run gets them."""
-    path = CONF_DIR / "method" / f"{name}.yaml"
-    options = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
-    options.pop("name", None)
+    """The method's YAML defaults, as a training run gets them."""
+    options = method_defaults(name)
     if name == "adalora":  # allocate from the start, never reach the final phase (PEFT gets the same schedule)
         options.update(tinit=0, tfinal=0)
     return options
@@ -479,7 +466,7 @@ def svd_setup(model_name: str, methods: list[str], rank: int, device: torch.devi
 
     from .architectures import find_targets
     from .methods import build_method, method_class
-    from .methods.reconstruction.spectral import SpectralMethod
+    from .methods.reconstruction.spectral import SpectralMethod, svd_cache
     from .models import architecture_config
 
     spectral = [m for m in methods if issubclass(method_class(m), SpectralMethod)]
@@ -514,22 +501,6 @@ def svd_setup(model_name: str, methods: list[str], rank: int, device: torch.devi
             log(f"[svd set-up] {name} on {model_name} ({len(targets)} matrices): {result['seconds'][name]:.1f} s "
                 f"computed, {result['cached_seconds'][name]:.1f} s from the cache")
     return result
-
-
-@contextlib.contextmanager
-def svd_cache(folder: str | None) -> Iterator[None]:
-    """The spectral methods' SVD cache in ``folder`` (None: off) for the duration of the block."""
-    from .methods.reconstruction.spectral import SVD_CACHE_ENV
-
-    before = os.environ.get(SVD_CACHE_ENV)
-    os.environ[SVD_CACHE_ENV] = folder or "off"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(SVD_CACHE_ENV, None)
-        else:
-            os.environ[SVD_CACHE_ENV] = before
 
 
 # --- report -------------------------------------------------------------------------------------------------
@@ -711,6 +682,8 @@ def requested_methods(spec: str | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import warnings
+
+    from .methods.reconstruction.spectral import svd_cache
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes would bury the progress
     began = time.perf_counter()

@@ -41,3 +41,21 @@ def method_options(cfg: DictConfig) -> dict:
     options = OmegaConf.to_container(cfg.method, resolve=True)
     options.pop("name")
     return options
+
+
+def model_yaml(model_name: str) -> DictConfig:
+    """``conf/model/<model_name>.yaml``, for tools that build a model without composing a run."""
+    from .errors import ConfigError, choices_message
+
+    path = CONF_DIR / "model" / f"{model_name}.yaml"
+    if not path.is_file():
+        raise ConfigError(choices_message("model", model_name, [p.stem for p in (CONF_DIR / "model").glob("*.yaml")]))
+    return OmegaConf.load(path)
+
+
+def method_defaults(method_name: str) -> dict:
+    """The settings of ``conf/method/<method_name>.yaml`` without its name, as a run gets them by default."""
+    path = CONF_DIR / "method" / f"{method_name}.yaml"
+    options = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+    options.pop("name", None)
+    return options

@@ -15,7 +15,6 @@ import json
 import sys
 from typing import Any
 
-from omegaconf import OmegaConf
 from torch import nn
 
 RANKS = (2, 4, 8, 16)
@@ -37,23 +36,17 @@ def table_rows(model_name: str, methods: list[str] | None = None) -> list[dict[s
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from .config import CONF_DIR
-    from .errors import ConfigError, choices_message
+    from .config import method_defaults, model_yaml
     from .methods import REGISTRY, build_method, load_all
     from .models import architecture_config
 
-    model_file = CONF_DIR / "model" / f"{model_name}.yaml"
-    if not model_file.is_file():
-        raise ConfigError(choices_message("model", model_name, [p.stem for p in (CONF_DIR / "model").glob("*.yaml")]))
-    config = architecture_config(OmegaConf.load(model_file))
+    config = architecture_config(model_yaml(model_name))
     load_all()
     rows = []
     for name, cls in REGISTRY.items():
         if methods is not None and name not in methods:
             continue
-        method_file = CONF_DIR / "method" / f"{name}.yaml"
-        options = OmegaConf.to_container(OmegaConf.load(method_file)) if method_file.is_file() else {}
-        options.pop("name", None)
+        options = method_defaults(name)
         for rank in RANKS if cls.uses_rank else (None,):
             with torch.device("meta"):
                 model = AutoModelForSequenceClassification.from_config(config)

@@ -22,15 +22,10 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(autouse=True, scope="session")
 def private_svd_cache(tmp_path_factory: pytest.TempPathFactory):
     """The SVD cache of the spectral methods goes to a temporary folder, not the user's ~/.cache."""
-    from subspace_tuning.methods.reconstruction.spectral import SVD_CACHE_ENV
+    from subspace_tuning.methods.reconstruction.spectral import svd_cache
 
-    before = os.environ.get(SVD_CACHE_ENV)
-    os.environ[SVD_CACHE_ENV] = str(tmp_path_factory.mktemp("svd-cache"))
-    yield
-    if before is None:
-        os.environ.pop(SVD_CACHE_ENV, None)
-    else:
-        os.environ[SVD_CACHE_ENV] = before
+    with svd_cache(tmp_path_factory.mktemp("svd-cache")):
+        yield
 
 
 def model_cfg(name: str):

@@ -8,16 +8,18 @@ part of the saved adapter state: they are recomputed, deterministically, from th
 whenever the method is applied again (so a saved SAM-PARSER run is its sigma', not three copies of W).
 Because a sweep applies the same method to the same backbone dozens of times, full SVDs are cached on
 disk keyed by a hash of the weight (``svd_cache_dir``): on 2 CPU cores the SVDs of roberta-large's 144
-targets take 85 s, reading them back 3 to 4 s (docs/benchmarks.md). On the meta device (parameter counting) no SVD runs:
-correctly shaped empty factors stand in.
+targets take 85 s, reading them back 3 to 4 s (docs/benchmarks.md). On the meta device (parameter
+counting) no SVD runs: correctly shaped empty factors stand in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -46,6 +48,20 @@ def svd_cache_dir() -> Path | None:
     return Path(value).expanduser()
 
 
+@contextlib.contextmanager
+def svd_cache(folder: str | Path | None) -> Iterator[None]:
+    """Use ``folder`` as the SVD cache (None: no cache) inside the block, then restore the setting."""
+    before = os.environ.get(SVD_CACHE_ENV)
+    os.environ[SVD_CACHE_ENV] = str(folder) if folder is not None else "off"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SVD_CACHE_ENV, None)
+        else:
+            os.environ[SVD_CACHE_ENV] = before
+
+
 def weight_digest(weight: torch.Tensor) -> str:
     """A content hash of the weight (its bytes, shape and dtype): the cache key of its SVD."""
     data = weight.detach().to("cpu").contiguous()
@@ -57,12 +73,12 @@ def weight_digest(weight: torch.Tensor) -> str:
 def read_cached(path: Path, device: torch.device) -> Factors | None:
     try:
         tensors = load_tensors(path)
+        return tensors["U"].to(device), tensors["S"].to(device), tensors["Vh"].to(device)
     except FileNotFoundError:
         return None
     except Exception as err:  # a truncated or foreign file: recompute and overwrite it
         log.warning("ignoring unreadable cached SVD %s (%s)", path, err)
         return None
-    return tensors["U"].to(device), tensors["S"].to(device), tensors["Vh"].to(device)
 
 
 def write_cached(path: Path, factors: Factors) -> None:
@@ -115,7 +131,7 @@ def thin_svds(weights: list[torch.Tensor], rank: int | None = None) -> list[Fact
     return [truncated(factors, rank, weight.dtype) for factors, weight in zip(full, weights, strict=True)]
 
 
-def truncated(factors: Factors | None, rank: int | None, dtype: torch.dtype) -> Factors:
+def truncated(factors: Factors, rank: int | None, dtype: torch.dtype) -> Factors:
     u, s, vh = factors
     k = rank or s.shape[0]
     return u[:, :k].to(dtype).contiguous(), s[:k].to(dtype).contiguous(), vh[:k].to(dtype).contiguous()
