@@ -158,8 +158,8 @@ def reconstruction_figure(plt: Any, table: ModelTable, paper: Paper | None, path
     for color, (row, avg) in zip(_colors(plt, len(drawn)), drawn, strict=False):
         ax.errorbar([row.per_mille], [avg.mean], yerr=[avg.se or 0.0], marker="o", capsize=3, linestyle="none",
                     color=color, label=row.key.label)
-        stacked = labels_at.get(round(row.per_mille, 2), 0)
-        labels_at[round(row.per_mille, 2)] = stacked + 1
+        budget = round(row.per_mille, 2)
+        stacked = labels_at[budget] = labels_at.get(budget, -1) + 1
         ax.annotate(row.key.label, (row.per_mille, avg.mean), textcoords="offset points",
                     xytext=(5, 5 + 11 * stacked), fontsize=8)
         published = paper.row(table.model, row.key) if paper else None

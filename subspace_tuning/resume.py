@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 # settings that do not change what a run computes
 COSMETIC = {("train", "progress"), ("train", "log_every"), ("data", "cache_dir"), ("data", "num_workers"),
             ("output_root",), ("experiment_name",), ("run_path",), ("train", "save_trained"),
-             ("train", "threads")}
+            ("train", "threads")}
 
 
 def config_fingerprint(cfg: DictConfig) -> str:

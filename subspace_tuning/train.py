@@ -233,8 +233,11 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
 
         bar = tqdm(total=total_steps, initial=progress.step, desc=f"{cfg.method.name} {cfg.task.name}", unit="step",
                    disable=not (cfg.train.progress and accelerator.is_local_main_process), dynamic_ncols=True)
+        def unfinished() -> bool:
+            return progress.epoch < int(cfg.train.epochs) and progress.step < total_steps
+
         model.train()
-        while progress.epoch < int(cfg.train.epochs) and progress.step < total_steps:
+        while unfinished():
             tick = time.perf_counter()
             loss_sum, reg_sums, n = 0.0, {}, 0
             for batch in train_loader:
@@ -270,7 +273,7 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
             progress.epoch += 1
             n = max(n, 1)
             evaluate_all(progress.step, loss_sum / n, {k: v / n for k, v in reg_sums.items()})
-            if progress.epoch < int(cfg.train.epochs) and progress.step < total_steps:
+            if unfinished():
                 save_checkpoint()  # not after the last epoch: metrics.json, written next, holds the result
         bar.close()
 
