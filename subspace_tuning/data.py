@@ -1,13 +1,15 @@
 """GLUE data: the Hugging Face Hub (nyu-mll/glue), a local folder of original GLUE TSVs, or the toy task.
 
 Local TSVs are read with no quote handling (RTE and STS-B hold unmatched quotes), CoLA has no header
-and MRPC's header starts with a BOM. Every row is checked: a short row or a label outside the task's
-label set stops with the file and line number. Tokenised splits are cached on disk, keyed by the data
-source, the tokenizer and the max length, so a second run does not tokenise again.
+and MRPC's header starts with a BOM. Every file and row is checked: an empty or header-only file, a file
+that is not UTF-8 text, a short row or a label outside the task's label set stops with the file (and line)
+as a DataError. Tokenised splits are cached on disk, keyed by a hash of the data's content, the tokenizer
+and the max length, so a second run does not tokenise again and an edited file is never served stale.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -68,12 +70,34 @@ def _column_index(column: str | int, header: list[str] | None, path: Path) -> in
     return header.index(column)
 
 
+def _line_at(raw: bytes, offset: int) -> int:
+    return raw.count(b"\n", 0, offset) + 1
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    """The text of a TSV file, or a DataError saying why the bytes are not UTF-8 text (and where)."""
+    if not raw:
+        raise DataError(f"{path}: the file is empty (0 bytes); expected tab-separated GLUE rows")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: the file is UTF-16 text; GLUE TSVs are UTF-8: convert it, e.g. "
+                        f"iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}, and use that")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise DataError(f"{path}:{_line_at(raw, nul)}: NUL byte at offset {nul}: this is a binary file "
+                        "(or UTF-16 without a byte-order mark), not a tab-separated UTF-8 text file")
+    try:
+        return raw.decode("utf-8-sig")  # utf-8-sig drops MRPC's BOM
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}:{_line_at(raw, err.start)}: byte 0x{raw[err.start]:02x} at offset "
+                        f"{err.start} is not UTF-8; GLUE TSVs are UTF-8: re-encode the file (e.g. iconv -f "
+                        "LATIN1 -t UTF-8 for Latin-1 text) or check that it is the right file") from None
+
+
 def read_tsv(path: Path, task: DictConfig) -> Examples:
-    """One GLUE TSV file, validated row by row."""
+    """One GLUE TSV file, validated file first, then row by row."""
     spec = task.tsv
     labels_in_file = list(spec.labels) if spec.labels is not None else None
-    with open(path, encoding="utf-8-sig", newline="") as handle:  # utf-8-sig drops MRPC's BOM
-        lines = handle.read().split("\n")
+    lines = _decode(path.read_bytes(), path).split("\n")
     header = lines[0].rstrip("\r").split("\t") if spec.header else None
     text_idx = [_column_index(c, header, path) for c in spec.text_columns]
     label_idx = _column_index(spec.label_column, header, path)
@@ -99,6 +123,9 @@ def read_tsv(path: Path, task: DictConfig) -> Examples:
                             f"{labels_in_file}")
         texts.append(tuple(fields[i] for i in text_idx))
         labels.append(label)
+    if not labels:
+        raise DataError(f"{path}: no examples" + (" (only a header line)" if spec.header else "")
+                        + f"; every {task.name} split needs at least one row")
     return Examples(texts, labels)
 
 
@@ -131,20 +158,56 @@ def read_examples(task: DictConfig) -> dict[str, Examples]:
     return read_hub(task)
 
 
-# --- tokenising with a cache --------------------------------------------------------------------
-def _source_fingerprint(task: DictConfig) -> dict[str, Any]:
+# --- data identity --------------------------------------------------------------------------------
+HASH_CHUNK = 1 << 20  # 1 MiB reads: constant memory whatever the file size
+
+
+@functools.cache
+def _file_sha256(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
+    """sha256 of a file's bytes, memoised on its stat so a sweep hashes each file once per process.
+
+    Only ``path`` is read; the other arguments are the memo key (a rewrite changes them, a new process starts empty).
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of the bytes of ``path`` (memoised per resolved path, size, mtime, ctime, inode)."""
+    resolved = path.resolve()
+    stat = resolved.stat()
+    return _file_sha256(str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+def _data_identity(task: DictConfig) -> dict[str, Any]:
     source = data_source(task)
-    if source == "tsv":
-        stats = {split: (str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
-                 for split, p in tsv_files(task).items()}
-        return {"tsv": stats, "spec": OmegaConf.to_container(task.tsv)}
+    if source == "tsv":  # content only: a copy of the same files elsewhere is the same data
+        return {"tsv": {split: file_sha256(path) for split, path in tsv_files(task).items()}}
     if source == "builtin":
         return {"builtin": OmegaConf.to_container(task.builtin)}
+    # The Hub revision (commit) is not known offline, so a dataset updated on the Hub keeps its fingerprint.
     return {"hub": [task.hub.path, task.glue_name]}
 
 
+def data_fingerprint(task: DictConfig) -> str:
+    """16-hex-digit digest of the task's data content, the same in every process.
+
+    Local TSVs: the sha256 of the bytes of every split file the task reads (``task.splits``), so a same-size
+    edit changes it. The built-in task: its generator settings. The Hub: the dataset path and config name only.
+    Raises DataError when a TSV is missing.
+    """
+    blob = json.dumps(_data_identity(task), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --- tokenising with a cache --------------------------------------------------------------------
 def cache_key(task: DictConfig, tokenizer: Tokenizer, max_length: int) -> str:
-    blob = json.dumps({"format": CACHE_FORMAT, "task": task.name, "source": _source_fingerprint(task),
+    spec = OmegaConf.to_container(task.tsv) if data_source(task) == "tsv" else None  # how the files are parsed
+    blob = json.dumps({"format": CACHE_FORMAT, "task": task.name, "data": data_fingerprint(task), "tsv": spec,
+                       "splits": OmegaConf.to_container(task.splits),
                        "tokenizer": [type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer)],
                        "max_length": max_length}, sort_keys=True, default=str)
     return f"{task.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
@@ -159,14 +222,39 @@ def tokenize(examples: dict[str, Examples], tokenizer: Tokenizer, max_length: in
     return DatasetDict(splits)
 
 
+def _load_cached(path: Path, splits: list[str]) -> DatasetDict | None:
+    """The cache entry at ``path``; None when there is none or it is unreadable (then it is removed)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        dataset = load_from_disk(str(path))
+        if not isinstance(dataset, DatasetDict) or sorted(dataset) != sorted(splits):
+            raise ValueError(f"holds {list(dataset) if isinstance(dataset, DatasetDict) else 'no DatasetDict'}")
+        return dataset
+    except Exception as err:  # a damaged entry fails in many ways (missing JSON, truncated Arrow, garbage)
+        log.warning("tokenisation cache entry %s is unreadable (%s: %s); removing it and tokenising again",
+                    path, type(err).__name__, err)
+    aside = path.with_name(f"{path.name}.corrupt-{os.getpid()}")
+    try:
+        path.rename(aside)  # atomic: no other process loads the entry while it is being deleted
+    except OSError:  # another process moved it first
+        return None
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
+    return None
+
+
 def load_tokenized(task: DictConfig, tokenizer: Tokenizer, max_length: int,
                    cache_dir: str | os.PathLike | None) -> tuple[DatasetDict, bool]:
     """Tokenised splits and whether they came from the cache."""
     if cache_dir is None:
         return tokenize(read_examples(task), tokenizer, max_length), False
     path = Path(cache_dir) / cache_key(task, tokenizer, max_length)
-    if path.is_dir():
-        return load_from_disk(str(path)), True
+    cached = _load_cached(path, list(task.splits))
+    if cached is not None:
+        return cached, True
     dataset = tokenize(read_examples(task), tokenizer, max_length)
     disable_progress_bars()  # 'Saving the dataset' bars for a cache write are noise
     staging = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -198,21 +286,36 @@ def eval_subset(dataset: Dataset, max_samples: int | None) -> Dataset:
     return dataset.select(np.argsort(lengths, kind="stable"))
 
 
+def subset_size(data_cfg: DictConfig, key: str) -> int | None:
+    """``data.<key>`` (max_train_samples / max_eval_samples) as a positive int, or None for every example."""
+    value = data_cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"data.{key}={value!r}: must be >= 1 (a whole number of examples), or null for all of "
+                          "them; fewer than one would build an empty data loader")
+    return value
+
+
 def build_dataloaders(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[DataLoader, dict[str, DataLoader]]:
     """The training loader and one evaluation loader per evaluation split, dynamically padded."""
     if "train" not in cfg.task.splits:
         raise ConfigError(f"task {cfg.task.name} has no 'train' split in task.splits")
+    max_train, max_eval = subset_size(cfg.data, "max_train_samples"), subset_size(cfg.data, "max_eval_samples")
     dataset, cached = load_tokenized(cfg.task, tokenizer, int(cfg.data.max_length), cfg.data.cache_dir)
     log.info("data: %s (%s)", {s: len(d) for s, d in dataset.items()}, "cached" if cached else "tokenised")
+    empty = [split for split, rows in dataset.items() if len(rows) == 0]
+    if empty:
+        raise DataError(f"task {cfg.task.name}: split {', '.join(empty)} has no examples; check the data source")
     if int(cfg.model.arch.get("type_vocab_size", 2)) < 2 and "token_type_ids" in dataset["train"].column_names:
         dataset = dataset.remove_columns("token_type_ids")  # RoBERTa / DeBERTaV3 have no segment embeddings
     collate = DataCollatorWithPadding(tokenizer)
-    train = train_subset(dataset["train"], cfg.data.max_train_samples)
+    train = train_subset(dataset["train"], max_train)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     train_loader = DataLoader(train, batch_size=int(cfg.train.batch_size), shuffle=True,
                               collate_fn=collate, generator=generator, num_workers=int(cfg.data.num_workers))
     eval_loaders = {
-        split: DataLoader(eval_subset(dataset[split], cfg.data.max_eval_samples),
+        split: DataLoader(eval_subset(dataset[split], max_eval),
                           batch_size=int(cfg.train.eval_batch_size), collate_fn=collate)
         for split in cfg.task.splits if split != "train"
     }

@@ -1,13 +1,18 @@
-"""GLUE data: exact row counts of the real files, validation messages, tokenisation cache, padding."""
+"""GLUE data: exact row counts of the real files, validation messages, data fingerprint, tokenisation cache,
+padding."""
 
 from __future__ import annotations
+
+import logging
+import os
+import random
 
 import pytest
 from conftest import GLUE_DIR, requires_glue
 
 from subspace_tuning import data
 from subspace_tuning.config import compose
-from subspace_tuning.errors import DataError
+from subspace_tuning.errors import ConfigError, DataError
 from subspace_tuning.models import load_tokenizer
 from subspace_tuning.toy_data import HELD_OUT, NEGATIVE, POSITIVE, toy_sentiment
 
@@ -59,6 +64,122 @@ def test_label_outside_the_label_set_gives_file_and_line(tmp_path):
     task = fake_glue(tmp_path, [GOOD], [GOOD, GOOD, "2\ta\tb\tmaybe\n"])
     with pytest.raises(DataError, match=r"dev.tsv:4: label 'maybe' is not one of the rte labels"):
         data.read_examples(task)
+
+
+NOT = "1\ta dog barks.\ta cat sits.\tnot_entailment\n"
+LATIN1 = "1\tun caf\u00e9.\tun th\u00e9.\tentailment\n".encode("latin-1")
+BAD_FILES = {  # name -> (file, bytes, what the message must hold)
+    "header-only train": ("train.tsv", RTE_HEADER.encode(), "train.tsv: no examples (only a header line)"),
+    "header-only dev": ("dev.tsv", RTE_HEADER.encode(), "dev.tsv: no examples (only a header line)"),
+    "empty": ("train.tsv", b"", "train.tsv: the file is empty"),
+    "latin-1": ("dev.tsv", (RTE_HEADER + GOOD).encode() + LATIN1, "dev.tsv:3: byte 0xe9 at offset"),
+    "utf-16": ("train.tsv", (RTE_HEADER + GOOD).encode("utf-16"), "train.tsv: the file is UTF-16 text"),
+    "utf-16 no BOM": ("train.tsv", (RTE_HEADER + GOOD).encode("utf-16-le"), "train.tsv:1: NUL byte at offset 1"),
+    "NUL bytes": ("train.tsv", (RTE_HEADER + GOOD).encode() + b"\0" * 64, "train.tsv:3: NUL byte"),
+    "random bytes": ("train.tsv", random.Random(0).randbytes(4096), "train.tsv:"),
+    "random bytes, no NUL": ("dev.tsv", random.Random(0).randbytes(4096).replace(b"\0", b"x"), "is not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_a_bad_file_is_one_paragraph_naming_it(tmp_path, case):
+    name, raw, expected = BAD_FILES[case]
+    task = fake_glue(tmp_path, [GOOD], [GOOD])
+    (tmp_path / "glue" / "RTE" / name).write_bytes(raw)
+    with pytest.raises(DataError) as err:
+        data.read_examples(task)
+    message = str(err.value)
+    assert expected in message and "\n" not in message, message
+    assert err.value.__cause__ is None and (err.value.__context__ is None or err.value.__suppress_context__)
+
+
+@pytest.mark.parametrize("setting", ["max_train_samples", "max_eval_samples"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_an_empty_subset_is_refused_before_any_work(tmp_path, monkeypatch, setting, value):
+    cfg = compose(["model=tiny-roberta", "task=toy-sentiment", f"data.cache_dir={tmp_path}"])
+    cfg.data[setting] = value
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("loaded the data")
+
+    monkeypatch.setattr(data, "load_tokenized", must_not_run)
+    with pytest.raises(ConfigError, match=rf"data.{setting}={value}: must be >= 1"):
+        data.build_dataloaders(cfg, load_tokenizer(cfg.model))
+
+
+def rewrite_same_size(path, old: str, new: str) -> None:
+    """Swap two strings of equal length in ``path`` and put its mtime back, as `rsync -t` or `touch -r` would."""
+    stat = path.stat()
+    text = path.read_text()
+    edited = text.replace(old, "\0").replace(new, old).replace("\0", new)
+    assert edited != text and len(edited.encode()) == stat.st_size
+    path.write_text(edited)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_same_size_edit_changes_the_fingerprint_and_is_tokenised_again(tmp_path):
+    task = fake_glue(tmp_path, [GOOD, NOT], [GOOD])
+    tokenizer = load_tokenizer(compose(["model=tiny-roberta"]).model)
+    cache = tmp_path / "cache"
+    fingerprint, key = data.data_fingerprint(task), data.cache_key(task, tokenizer, 32)
+    first, cached = data.load_tokenized(task, tokenizer, 32, cache)
+    assert not cached and first["train"]["labels"] == [0, 1]
+    assert data.load_tokenized(task, tokenizer, 32, cache)[1]  # unchanged files: served from the cache
+
+    rewrite_same_size(tmp_path / "glue" / "RTE" / "train.tsv", "a cat sat.\ta cat is sitting.\tentailment",
+                      "a dog barks.\ta cat sits.\tnot_entailment")
+    data._file_sha256.cache_clear()  # a relaunch is a new process (within one, the stat memo covers rewrites)
+    assert data.data_fingerprint(task) != fingerprint and data.cache_key(task, tokenizer, 32) != key
+    second, cached = data.load_tokenized(task, tokenizer, 32, cache)
+    assert not cached and second["train"]["labels"] == [1, 0]
+
+
+def test_the_fingerprint_is_content_only_and_files_are_hashed_once_per_process(tmp_path):
+    task = fake_glue(tmp_path / "a", [GOOD, NOT], [GOOD])
+    copy = fake_glue(tmp_path / "b", [GOOD, NOT], [GOOD])
+    data._file_sha256.cache_clear()
+    assert data.data_fingerprint(task) == data.data_fingerprint(copy)  # another folder, the same bytes
+    assert data._file_sha256.cache_info().misses == 4
+    data.data_fingerprint(task)
+    assert data._file_sha256.cache_info().misses == 4  # memoised: no file read again
+    train = tmp_path / "a" / "glue" / "RTE" / "train.tsv"
+    os.utime(train, ns=(train.stat().st_atime_ns, train.stat().st_mtime_ns + 10**9))
+    data.data_fingerprint(task)
+    assert data._file_sha256.cache_info().misses == 5  # a new mtime is read again
+    hub = compose(["task=rte", "task.data_dir=null"]).task  # no files: the dataset's name (no revision offline)
+    assert data.data_fingerprint(hub) == data.data_fingerprint(hub) != data.data_fingerprint(task)
+    assert len(data.data_fingerprint(hub)) == 16
+
+
+def half_deleted(entry):
+    next((entry / "train").glob("*.arrow")).unlink()
+
+
+def garbage(entry):
+    for path in sorted(entry.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    (entry / "junk").write_bytes(random.Random(0).randbytes(256))
+
+
+def a_file(entry):
+    garbage(entry)
+    (entry / "junk").unlink()
+    entry.rmdir()
+    entry.write_text("not a dataset")
+
+
+@pytest.mark.parametrize("damage", [half_deleted, garbage, a_file], ids=lambda damage: damage.__name__)
+def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
+    cfg = compose(["model=tiny-roberta", "task=toy-sentiment"])
+    tokenizer = load_tokenizer(cfg.model)
+    first, _ = data.load_tokenized(cfg.task, tokenizer, 32, tmp_path)
+    damage(tmp_path / data.cache_key(cfg.task, tokenizer, 32))
+    with caplog.at_level(logging.WARNING, logger=data.__name__):
+        rebuilt, cached = data.load_tokenized(cfg.task, tokenizer, 32, tmp_path)
+    assert not cached and "is unreadable" in caplog.text and "tokenising again" in caplog.text
+    assert rebuilt["train"][:5] == first["train"][:5]
+    assert data.load_tokenized(cfg.task, tokenizer, 32, tmp_path)[1]  # the rebuilt entry is used next time
+    assert sorted(p.name for p in tmp_path.iterdir()) == [data.cache_key(cfg.task, tokenizer, 32)]  # nothing aside
 
 
 def test_unreachable_hub_says_how_to_work_offline(monkeypatch):
