@@ -1,9 +1,16 @@
-"""Run output written atomically (temporary file + rename): a killed run never leaves half a file."""
+"""Run output written atomically (temporary file + rename): a killed run never leaves half a file.
+
+Every JSON file is strict JSON (no NaN / Infinity), and a location that cannot be written (a file in the way,
+no permission, a full disk) is one OutputError paragraph naming the path and what to do.
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import math
+import numbers
 import os
 import platform
 import resource
@@ -16,23 +23,82 @@ from typing import Any, BinaryIO
 
 import torch
 
+from .errors import OutputError
+
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "hydra-core", "omegaconf", "safetensors")
+ELSEWHERE = "or choose another output folder (hydra.run.dir, or hydra.sweep.dir for a sweep)"
+
+
+def _in_the_way(path: Path) -> Path | None:
+    """``path`` or its nearest ancestor that exists and is not a folder, if any."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def output_error(path: Path, err: OSError, what: str = "file") -> OutputError | None:
+    """One paragraph for an OSError that means ``path`` cannot be written there; None for other errors."""
+    code = err.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"cannot write the {what} {path}: the disk is full or the quota is exceeded "
+                           f"({os.strerror(code)}); free some space there {ELSEWHERE}")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"cannot write the {what} {path}: no permission ({os.strerror(code)}); make that folder "
+                           f"writable (e.g. chmod u+w) {ELSEWHERE}")
+    if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        blocker = _in_the_way(path if what == "output folder" else path.parent)
+        if blocker is not None:
+            return OutputError(f"cannot write the {what} {path}: {blocker} is a file where a folder is needed; "
+                               f"remove or rename that file {ELSEWHERE}")
+        if code == errno.EISDIR:
+            return OutputError(f"cannot write the {what} {path}: a folder of that name is in the way; remove or "
+                               f"rename it {ELSEWHERE}")
+    return None
+
+
+def ensure_writable_dir(path: Path) -> None:
+    """Create the folder ``path`` if needed and prove that a file can be written in it (OutputError if not).
+
+    The probe writes, syncs and removes a small temporary file, so a full disk shows up here, before any work.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-", suffix=".tmp")
+        try:
+            os.write(fd, b"subspace-tuning write probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        problem = output_error(path, err, "output folder") or OutputError(
+            f"cannot write the output folder {path}: {err.strerror or err}; fix that location {ELSEWHERE}")
+        raise problem from None
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    A full disk, a missing permission or a file in the way is an OutputError naming ``path``.
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; run output is meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        problem = output_error(path, err) if isinstance(err, OSError) else None
+        if problem is None:
+            raise
+        raise problem from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -43,8 +109,30 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def nonfinite_to_null(value: Any) -> Any:
+    """``value`` with every NaN / inf / -inf (Python or numpy) replaced by None, through dicts, lists and tuples.
+
+    numpy scalars become Python numbers on the way, so they are written as numbers rather than strings.
+    """
+    if isinstance(value, dict):
+        return {key: nonfinite_to_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nonfinite_to_null(item) for item in value]
+    if isinstance(value, numbers.Integral) and not isinstance(value, int):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    """Strict JSON (RFC 8259 has no NaN / Infinity): non-finite floats are written as null.
+
+    A record that held one must say so in another field (the caller's job). ``allow_nan=False`` is the guard:
+    a non-finite float that ever reaches the encoder fails loudly instead of writing invalid JSON.
+    """
+    atomic_write_text(path, json.dumps(nonfinite_to_null(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
