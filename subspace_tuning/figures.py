@@ -1,13 +1,14 @@
 """Figures of a report (``python -m subspace_tuning.report <folders> --figures``), as PNG and PDF.
 
-- ``<model>_avg_vs_rank``: the average score of every ranked method (and MPC variant) against the rank, with
-  standard-error bars (the paper's Figs. 4 and 5).
+- ``<model>_avg_vs_rank``: the average score of every ranked method (and MPC variant, and command-line
+  variant) against the rank, with standard-error bars (the paper's Figs. 4 and 5).
 - ``<model>_reconstruction``: the reconstruction methods' average score against their parameter budget in per
   mille (the paper's Fig. 2c).
 
 Both draw full fine-tuning as a dashed horizontal line when that row has an average, and with ``--paper`` the
 published averages as hollow markers on dotted lines. Only rows whose average is computed (every task cell
-complete) are drawn; the others are named in the figure's footnote.
+complete) are drawn; the others are named in the figure's footnote. With ``--stat median`` the average is the
+mean of the task medians, drawn without error bars, and the files end in ``_median``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .report import METHOD_NAMES, ModelTable, Paper, ReportError, Row, RowKey, Stat
+from .report import METHOD_NAMES, STATISTICS, ModelTable, Paper, ReportError, Row, RowKey, Stat, output_suffix
 
 RECONSTRUCTION = ("sam_parser", "ia3", "ssl", "ssb", "bitfit", "prompt_tuning", "prefix_tuning")
 
@@ -57,12 +58,13 @@ def _reference_lines(ax: Any, table: ModelTable, paper: Paper | None) -> float |
     full = table.row(RowKey("full", None, "none"))
     full_avg = full.average(table.tasks) if full is not None else None
     if full_avg is not None:
-        ax.axhline(full_avg.mean, color="black", linestyle="--", linewidth=1, label=f"Full FT ({full_avg.mean:.2f})")
+        ax.axhline(full_avg.value, color="black", linestyle="--", linewidth=1,
+                   label=f"Full FT ({full_avg.value:.2f})")
     published = _paper_avg(paper, table, RowKey("full", None, "none"))
     if published is not None:
         ax.axhline(published, color="black", linestyle=":", linewidth=1, label=f"Full FT, paper ({published:.2f})")
     ax.grid(alpha=0.3)
-    return None if full_avg is None else full_avg.mean
+    return None if full_avg is None else full_avg.value
 
 
 def _save(plt: Any, fig: Any, path: Path, skipped: list[str], what: str, full: float | None) -> str:
@@ -70,10 +72,15 @@ def _save(plt: Any, fig: Any, path: Path, skipped: list[str], what: str, full: f
     if skipped:
         fig.text(0.01, 0.005, "not drawn (incomplete): " + ", ".join(skipped), fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.04 if skipped else 0, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in (".png", ".pdf"):
-        fig.savefig(path.parent / (path.name + suffix), dpi=150, bbox_inches="tight")  # names may contain dots
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".png", ".pdf"):
+            fig.savefig(path.parent / (path.name + suffix), dpi=150, bbox_inches="tight")  # names may contain dots
+    except OSError as err:
+        raise ReportError(f"cannot write the figure {path}: {err.strerror or err}; choose another folder with "
+                          f"--out.") from None
+    finally:
+        plt.close(fig)
     drawn = "no full fine-tuning line" if full is None else f"full fine-tuning line at {full:.2f}"
     left_out = f"; {len(skipped)} incomplete rows not drawn" if skipped else ""
     return f"{path}.png and .pdf: {what}, {drawn}{left_out}"
@@ -96,22 +103,22 @@ def rank_panels(rows: list[Row]) -> list[tuple[str, list[Row]]]:
 
 def _rank_panel(plt: Any, ax: Any, table: ModelTable, paper: Paper | None, title: str,
                 drawn: list[tuple[Row, Stat]]) -> tuple[int, float | None]:
-    """One panel: a line per method and MPC variant; returns the number of lines and the full FT average."""
+    """One panel: a line per method, MPC variant and command-line variant; returns the number of lines and the
+    full FT average. The paper's line of a method and MPC is drawn once, in the colour of its first series."""
     series: dict[RowKey, list[tuple[Row, Stat]]] = {}
     for row, avg in drawn:
-        series.setdefault(RowKey(row.key.method, None, row.key.mpc), []).append((row, avg))
-    any_paper = False
-    for color, points in zip(_colors(plt, len(series)), series.values(), strict=False):
-        label = points[0][0].key.label
-        ax.errorbar([row.key.rank for row, _ in points], [a.mean for _, a in points],
-                    yerr=[a.se or 0.0 for _, a in points], marker="o", capsize=3, color=color, label=label)
+        series.setdefault(RowKey(row.key.method, None, row.key.mpc, row.key.variant), []).append((row, avg))
+    with_paper: set[RowKey] = set()
+    for color, (line, points) in zip(_colors(plt, len(series)), series.items(), strict=False):
+        ax.errorbar([row.key.rank for row, _ in points], [a.value for _, a in points],
+                    yerr=[a.se or 0.0 for _, a in points], marker="o", capsize=3, color=color, label=line.label)
         published = [(row.key.rank, _paper_avg(paper, table, row.key)) for row, _ in points]
         published = [(rank, value) for rank, value in published if value is not None]
-        if published:
-            any_paper = True
+        if published and line.base not in with_paper:
+            with_paper.add(line.base)
             ax.plot(*zip(*published, strict=True), linestyle=":", marker="o", markerfacecolor="none", color=color)
     full = _reference_lines(ax, table, paper)
-    if any_paper:
+    if with_paper:
         ax.plot([], [], linestyle=":", marker="o", markerfacecolor="none", color="grey", label="(dotted: paper)")
     ranks = sorted({row.key.rank for row, _ in drawn})
     ax.set_xscale("log", base=2)
@@ -142,7 +149,7 @@ def rank_figure(plt: Any, table: ModelTable, paper: Paper | None, path: Path, ep
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"average over {len(table.tasks)} tasks (%)")
-    fig.suptitle(f"{table.model}: average {epoch}-epoch dev score against rank (± standard error over seeds)")
+    fig.suptitle(f"{table.model}: average {epoch}-epoch dev score against rank ({STATISTICS[table.statistic]})")
     return _save(plt, fig, path, skipped, f"{lines} lines in {len(panels)} panels", full)
 
 
@@ -153,23 +160,23 @@ def reconstruction_figure(plt: Any, table: ModelTable, paper: Paper | None, path
     if not drawn:
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
-    any_paper = False
+    with_paper: set[RowKey] = set()  # a method's published point is drawn once, however many variants it has
     labels_at: dict[float, int] = {}  # methods with the same budget ((IA)3 and SAM-PARSER) get stacked labels
     for color, (row, avg) in zip(_colors(plt, len(drawn)), drawn, strict=False):
-        ax.errorbar([row.per_mille], [avg.mean], yerr=[avg.se or 0.0], marker="o", capsize=3, linestyle="none",
+        ax.errorbar([row.per_mille], [avg.value], yerr=[avg.se or 0.0], marker="o", capsize=3, linestyle="none",
                     color=color, label=row.key.label)
         budget = round(row.per_mille, 2)
         stacked = labels_at[budget] = labels_at.get(budget, -1) + 1
-        ax.annotate(row.key.label, (row.per_mille, avg.mean), textcoords="offset points",
+        ax.annotate(row.key.label, (row.per_mille, avg.value), textcoords="offset points",
                     xytext=(5, 5 + 11 * stacked), fontsize=8)
         published = paper.row(table.model, row.key) if paper else None
         value = _paper_avg(paper, table, row.key)
-        if published is not None and value is not None:
-            any_paper = True
+        if published is not None and value is not None and row.key.base not in with_paper:
+            with_paper.add(row.key.base)
             ax.plot([published["per_mille"]], [value], marker="s", markerfacecolor="none", linestyle="none",
                     color=color)
     full = _reference_lines(ax, table, paper)
-    if any_paper:
+    if with_paper:
         ax.plot([], [], marker="s", markerfacecolor="none", linestyle="none", color="grey", label="(hollow: paper)")
     ax.set_xscale("log")
     budgets = sorted({row.per_mille for row, _ in drawn})
@@ -177,8 +184,8 @@ def reconstruction_figure(plt: Any, table: ModelTable, paper: Paper | None, path
     ax.minorticks_off()
     ax.set_xlabel("parameter budget (‰ of all model parameters)")
     ax.set_ylabel(f"average over {len(table.tasks)} tasks (%)")
-    ax.set_title(f"{table.model}: reconstruction methods, average {epoch}-epoch dev score (± standard error)",
-                 fontsize=10)
+    ax.set_title(f"{table.model}: reconstruction methods, average {epoch}-epoch dev score "
+                 f"({STATISTICS[table.statistic]})", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     return _save(plt, fig, path, skipped, f"{len(drawn)} methods", full)
 
@@ -187,9 +194,10 @@ def write_figures(tables: list[ModelTable], out_dir: Path, paper: Paper | None =
                   ) -> list[str]:
     """Write both figures of every model that has something to draw; returns a line per figure written."""
     plt = _pyplot()
-    epoch, suffix = ("last", "_last") if last else ("best", "")
+    epoch = "last" if last else "best"
     written = []
     for table in tables:
+        suffix = output_suffix(last, table.statistic)
         written.append(rank_figure(plt, table, paper, out_dir / f"{table.model}_avg_vs_rank{suffix}", epoch))
         written.append(reconstruction_figure(plt, table, paper, out_dir / f"{table.model}_reconstruction{suffix}",
                                              epoch))

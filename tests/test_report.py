@@ -27,10 +27,15 @@ METRIC = {"cola": "matthews", "stsb": "pearson"}
 
 def write_run(root: Path, task: str, method: str = "lora", rank: int | None = 8, mpc: str = "none", seed: int = 0,
               best: float = 0.8, last: float | None = None, status: str = "completed", model: str = "roberta-base",
-              per_mille: float | None = 10.62, error: str | None = None) -> Path:
-    """A metrics.json laid out and shaped like the runner's (scores as fractions)."""
+              per_mille: float | None = 10.62, error: str | None = None, variant: dict[str, str] | None = None,
+              protocol: str | None = None, fingerprint: str | None = None) -> Path:
+    """A metrics.json laid out and shaped like the runner's (scores as fractions). ``variant`` / ``protocol``
+    None: a file written before runs recorded them (the fields are absent)."""
     metric = METRIC.get(task, "accuracy")
-    folder = root / model / task / method / ("no-rank" if rank is None else f"r{rank}") / f"mpc-{mpc}" / f"seed{seed}"
+    folder = root / model / task / method / ("no-rank" if rank is None else f"r{rank}") / f"mpc-{mpc}"
+    if variant:
+        folder /= ",".join(f"{k}={v}" for k, v in sorted(variant.items()))
+    folder /= f"seed{seed}"
     folder.mkdir(parents=True)
 
     def record(score: float, epoch: float) -> dict:
@@ -44,6 +49,9 @@ def write_run(root: Path, task: str, method: str = "lora", rank: int | None = 8,
         data["parameters"] = {"trainable": 1, "head": 1, "total": 1000, "per_mille": per_mille}
     if error is not None:
         data["error"] = error
+    for name, value in (("variant", variant), ("protocol", protocol), ("config_fingerprint", fingerprint)):
+        if value is not None:
+            data[name] = value
     (folder / "metrics.json").write_text(json.dumps(data))
     return folder / "metrics.json"
 
@@ -82,7 +90,7 @@ def test_mean_and_standard_error_over_seeds(tmp_path: Path, capsys: pytest.Captu
 
 def test_single_seed_has_no_standard_error(tmp_path: Path) -> None:
     write_run(tmp_path, "cola", best=0.6123)
-    table = build_tables(find_runs([tmp_path])[0])[0]
+    table = build_tables(find_runs([tmp_path]))[0]
     cell = table.rows[0].cells["cola"]
     assert (cell.text(), table.metrics["cola"]) == ("61.23 (1)", "matthews")
 
@@ -109,11 +117,11 @@ def test_missing_task_cell_blocks_the_average(tmp_path: Path) -> None:
     write_run(tmp_path, "rte", best=0.7)
     write_run(tmp_path, "mrpc", best=0.8)
     write_run(tmp_path, "rte", method="full", rank=None, best=0.75, per_mille=1000.0)
-    table = build_tables(find_runs([tmp_path])[0])[0]
+    table = build_tables(find_runs([tmp_path]))[0]
     full = table.row(RowKey("full", None, "none"))
     assert table.tasks == ["rte", "mrpc"] and "mrpc" not in full.cells
     assert full.average(table.tasks) is None
-    assert table.row(RowKey("lora", 8, "none")).average(table.tasks).mean == pytest.approx(75.0)
+    assert table.row(RowKey("lora", 8, "none")).average(table.tasks).value == pytest.approx(75.0)
 
 
 def test_last_epoch_scores_on_request(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -130,21 +138,38 @@ def test_rows_in_the_papers_order_with_its_labels(tmp_path: Path) -> None:
             ("full", None, "none"), ("hadapter", 8, "none"), ("lora", 8, "none"), ("sam_parser", None, "none")]
     for method, rank, mpc in keys:
         write_run(tmp_path, "rte", method=method, rank=rank, mpc=mpc)
-    table = build_tables(find_runs([tmp_path])[0])[0]
+    table = build_tables(find_runs([tmp_path]))[0]
     assert [(r.key.label, r.key.rank) for r in table.rows] == [
         ("Fully FT", None), ("SAM-PARSER", None), ("SSB", None), ("LoRA + MPC_n", 2), ("HAdapter", 8),
         ("LoRA", 8), ("LoRA + MPC_o", 8), ("AdaLoRA - MPC_o", 8), ("AdaLoRA", 8)]
 
 
 def test_one_table_per_model_and_duplicates_counted_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    write_run(tmp_path / "a", "rte", best=0.7)
-    write_run(tmp_path / "b", "rte", best=0.7)  # the same run copied into a second sweep folder
+    write_run(tmp_path / "a", "rte", best=0.7, fingerprint="f1")
+    write_run(tmp_path / "b", "rte", best=0.7, fingerprint="f1")  # the same run copied into a second sweep folder
     write_run(tmp_path / "b", "rte", model="deberta-v3-base", best=0.8, per_mille=7.23)
     out = run_main(capsys, tmp_path / "a", tmp_path / "b", "--no-param-lookup", "--out", tmp_path / "out")
     assert "## deberta-v3-base" in out and "## roberta-base" in out
-    assert markdown_row(out, "LoRA")[3] == "80.00 (1)" and markdown_row(out, "LoRA", 1)[3] == "70.00 (1)"
-    assert "2 records of one run" in out
+    assert markdown_row(out, "LoRA")[3] == "80.00 (1)" and markdown_row(out, "LoRA", 1)[3] == "70.00 (1; 1 duplicate)"
+    assert "Runs: 1 completed, 0 failed, 0 running, 1 duplicate records left out" in out
+    assert "- duplicate: rte LoRA r=8 seed 0: 2 records, used " in out
+    assert "(the same configuration: copies of one run)" in out
     assert (tmp_path / "out" / "report.md").is_file() and not (tmp_path / "a" / "report.md").exists()
+
+
+def test_duplicates_of_different_configurations_are_listed_never_averaged(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    # Two sweeps of different settings written before runs recorded their variant: one seed, two results.
+    write_run(tmp_path / "a", "rte", best=0.60, fingerprint="lr-1e-4")
+    write_run(tmp_path / "b", "rte", best=0.80, fingerprint="lr-1e-3")
+    write_run(tmp_path / "b", "rte", seed=1, best=0.70, fingerprint="lr-1e-3")
+    out = run_main(capsys, tmp_path / "a", tmp_path / "b", "--no-param-lookup", "--out", tmp_path / "out")
+    cell = markdown_row(out, "LoRA")[3]
+    assert cell.endswith("(2; 1 duplicate)")  # two seeds, not three: 60 and 80 are never both averaged
+    assert cell.split()[0] in ("65.00", "75.00")
+    assert "config fingerprints differ" in out
+    row = next(csv.DictReader((tmp_path / "out" / "report.csv").open()))
+    assert (row["rte_n"], row["rte_duplicates"]) == ("2", "1")
 
 
 def test_budget_fallback_for_rows_without_a_recorded_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -155,9 +180,114 @@ def test_budget_fallback_for_rows_without_a_recorded_budget(tmp_path: Path, caps
         asked.append((model, pairs))
         return {("lora", 8): 10.6181}
 
-    table = build_tables(find_runs([tmp_path])[0], budget_lookup=lookup)[0]
+    table = build_tables(find_runs([tmp_path]), budget_lookup=lookup)[0]
     assert asked == [("roberta-base", [("lora", 8)])] and table.rows[0].per_mille == pytest.approx(10.6181)
     assert markdown_row(run_main(capsys, tmp_path, "--no-param-lookup"), "LoRA")[2] == "–"
+
+
+def test_median_over_seeds_on_request(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for seed, score in enumerate([0.70, 0.72, 0.80]):
+        write_run(tmp_path, "rte", seed=seed, best=score)
+    for seed, score in enumerate([0.85, 0.88]):
+        write_run(tmp_path, "mrpc", seed=seed, best=score)
+    write_run(tmp_path, "rte", method="dora", best=0.5, status="failed")
+    mean = run_main(capsys, tmp_path, "--no-param-lookup")
+    assert markdown_row(mean, "LoRA")[3] == f"74.00 ± {se([70, 72, 80]):.2f} (3)"
+    out = run_main(capsys, tmp_path, "--no-param-lookup", "--stat", "median")
+    # The median of each cell (even counts: the middle two averaged), no spread; Avg = mean of the task medians.
+    assert markdown_row(out, "LoRA")[3:] == ["72.00 (3)", "86.50 (2)", f"{(72 + 86.5) / 2:.2f} (2-3)"]
+    assert markdown_row(out, "DoRA")[3] == "– (1 failed)"
+    assert out.startswith("# Results (best epoch, median over seeds)") and "Avg: mean of the task medians" in out
+    assert "left out of the median" in out
+    # Its own files: the mean report written first is not overwritten.
+    assert (tmp_path / "report.md").read_text() == mean.split("\nwrote ")[0]
+    row = next(r for r in csv.DictReader((tmp_path / "report_median.csv").open()) if r["method"] == "lora")
+    assert (row["statistic"], row["rte_median"], row["rte_n"], row["avg_median"]) == ("median", "72.0000", "3",
+                                                                                      "79.2500")
+    assert "rte_se" not in row and "rte_mean" not in row
+    tex = (tmp_path / "report_median.tex").read_text()
+    assert "median over seeds (seeds); Avg: mean of the task medians" in tex and "\\pm" not in tex.split("\n", 1)[1]
+    assert "tab:roberta-base-median" in tex
+
+
+def test_median_difference_to_the_paper(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for seed, score in enumerate([0.70, 0.80, 0.81]):
+        write_run(tmp_path, "rte", seed=seed, best=score)
+    out = run_main(capsys, tmp_path, "--no-param-lookup", "--paper", "--stat", "median", "--format", "md")
+    # Table II, LoRA r=8, RTE: 80.14; our median 80.00 (the mean would be 77.00).
+    assert markdown_row(out, "↳ ours − paper")[3] == "-0.14" and "our median minus the published" in out
+
+
+# --- variants: settings changed on the command line ---------------------------------------------------
+def test_variants_of_one_method_are_rows_of_their_own(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for seed in range(2):
+        write_run(tmp_path, "rte", seed=seed, best=0.60 + 0.02 * seed, variant={"optim.lr": "0.001"},
+                  protocol="paper")
+        write_run(tmp_path, "rte", seed=seed, best=0.80 + 0.02 * seed, variant={"optim.lr": "3e-4"},
+                  protocol="paper")
+        write_run(tmp_path, "rte", seed=seed, best=0.70, variant={}, protocol="paper")
+    write_run(tmp_path, "rte", method="dora", best=0.9, per_mille=11.28, variant={"method.alpha": "32"})
+    write_run(tmp_path, "rte", method="adalora", mpc="o", best=0.75, variant={"optim.lr": "0.001"})
+    out = run_main(capsys, tmp_path, "--no-param-lookup")
+    table = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    # One method's rows together in the paper's order, the experiment's own settings first, then by value.
+    assert [row.split(" | ")[0][2:] for row in table] == [
+        "LoRA", "LoRA [optim.lr=3e-4]", "LoRA [optim.lr=0.001]", "AdaLoRA [optim.lr=0.001]",
+        "DoRA [method.alpha=32]"]
+    assert markdown_row(out, "LoRA")[3] == "70.00 ± 0.00 (2)"
+    assert markdown_row(out, "LoRA [optim.lr=3e-4]")[3] == "81.00 ± 1.00 (2)"
+    assert markdown_row(out, "LoRA [optim.lr=0.001]")[3] == "61.00 ± 1.00 (2)"
+    assert "duplicate" not in out.split("## roberta-base")[1]
+    rows = {(r["method"], r["variant"]): r for r in csv.DictReader((tmp_path / "report.csv").open())}
+    assert set(rows) == {("lora", ""), ("lora", "optim.lr=3e-4"), ("lora", "optim.lr=0.001"),
+                         ("adalora", "optim.lr=0.001"), ("dora", "method.alpha=32")}
+    assert rows[("lora", "optim.lr=0.001")]["label"] == "LoRA [optim.lr=0.001]"
+    assert rows[("lora", "optim.lr=0.001")]["protocol"] == "paper"
+    assert rows[("dora", "method.alpha=32")]["protocol"] == ""  # its runs recorded none
+    assert float(rows[("lora", "optim.lr=0.001")]["rte_mean"]) == pytest.approx(61.0)
+
+
+def test_variant_rows_keep_their_own_budget_and_the_papers_row(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for task in GLUE_TASKS:
+        write_run(tmp_path, task, best=0.9, per_mille=None, status="failed")
+        write_run(tmp_path, task, best=0.9, per_mille=None, status="failed", variant={"optim.lr": "1e-3"})
+        write_run(tmp_path, task, best=0.9, per_mille=None, status="failed", variant={"method.alpha": "32"})
+    asked = []
+
+    def lookup(model: str, pairs: list) -> dict:
+        asked.append(pairs)
+        return {("lora", 8): 10.6181}
+
+    table = build_tables(find_runs([tmp_path]), budget_lookup=lookup)[0]
+    # The closed-form budget holds for a learning-rate variant, not for one that changes the method's settings.
+    assert asked == [[("lora", 8)]]
+    assert [(r.key.variant_text, r.per_mille) for r in table.rows] == [
+        ("", pytest.approx(10.6181)), ("method.alpha=32", None), ("optim.lr=1e-3", pytest.approx(10.6181))]
+    out = run_main(capsys, tmp_path, "--no-param-lookup", "--paper", "--format", "md")
+    assert [markdown_row(out, "↳ paper", i)[3] for i in range(3)] == ["87.38"] * 3  # Table II, LoRA r=8, MNLI
+
+
+def test_records_without_a_variant_join_the_default_row(tmp_path: Path) -> None:
+    write_run(tmp_path / "old", "rte", seed=0, best=0.70)  # written before runs recorded variant and protocol
+    write_run(tmp_path / "new", "rte", seed=1, best=0.74, variant={}, protocol="paper")
+    (row,) = build_tables(find_runs([tmp_path]))[0].rows
+    assert row.key == RowKey("lora", 8, "none") and sorted(row.cells["rte"].values) == [70.0, 74.0]
+
+
+def test_rows_mixing_protocols_are_flagged(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_run(tmp_path, "rte", seed=0, protocol="paper")
+    write_run(tmp_path, "rte", seed=1, protocol="scripts")
+    out = run_main(capsys, tmp_path, "--no-param-lookup", "--format", "csv")
+    assert "- mixed protocols: LoRA r=8 averages runs of the paper, scripts protocols" in out
+    assert next(csv.DictReader((tmp_path / "report.csv").open()))["protocol"] == "paper+scripts"
+
+
+def test_a_malformed_variant_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_run(tmp_path, "rte")
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"variant": ["optim.lr=1e-3"]}))
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    assert "'variant' is ['optim.lr=1e-3'], not an object" in capsys.readouterr().err
 
 
 # --- formats ---------------------------------------------------------------------------------------------
@@ -309,3 +439,21 @@ def test_figures_written_as_png_and_pdf(tmp_path: Path) -> None:
             f"81.00; 1 incomplete rows not drawn") in result.stdout
     assert (f"{figures / 'roberta-base_reconstruction'}.png and .pdf: 2 methods, full fine-tuning line at 81.00"
             in result.stdout)
+
+
+def test_figures_keep_variants_apart_and_take_the_median(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from subspace_tuning.figures import write_figures
+
+    for seed in range(3):
+        for task in ("rte", "mrpc"):
+            for rank in (2, 8):
+                write_run(tmp_path, task, rank=rank, seed=seed, best=0.70 + 0.01 * seed)
+                write_run(tmp_path, task, rank=rank, seed=seed, best=0.50 + 0.1 * seed, variant={"optim.lr": "1e-3"})
+    tables = build_tables(find_runs([tmp_path]), statistic="median")
+    (line,) = write_figures(tables, tmp_path / "figures", load_paper())
+    assert line == f"{tmp_path / 'figures' / 'roberta-base_avg_vs_rank_median'}.png and .pdf: 2 lines in 1 panels, " \
+                   "no full fine-tuning line"
+    assert [row.average(tables[0].tasks).value for row in tables[0].rows] == pytest.approx([71.0, 60.0] * 2)
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "roberta-base_avg_vs_rank_median.pdf", "roberta-base_avg_vs_rank_median.png"]
