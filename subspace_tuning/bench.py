@@ -638,18 +638,38 @@ def load_average() -> str:
 
 
 # --- main ---------------------------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse turns the ValueError into a usage error)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m subspace_tuning.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="conf/model/<name>.yaml, random weights (default roberta-base)")
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default 8)")
-    parser.add_argument("--seq-len", type=int, default=None, help="sequence length (default 128)")
+    from .report import ArgumentParser
+
+    parser = ArgumentParser("python -m subspace_tuning.bench", __doc__)
+    parser.add_argument("--model", default=None,
+                        help="a model of conf/model/, by name (random weights; default roberta-base)")
+    parser.add_argument("--batch", type=positive_int, default=None, help="batch size (default 8)")
+    parser.add_argument("--seq-len", type=positive_int, default=None, help="sequence length (default 128)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed train steps per row (default 2)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--rank", type=positive_int, default=8)
+    parser.add_argument("--repeats", type=positive_int, default=None, help="timed rounds (default 7)")
+    parser.add_argument("--warmup", type=non_negative_int, default=None,
+                        help="untimed train steps per row (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-peft", action="store_true", help="skip the Hugging Face PEFT rows")
     parser.add_argument("--no-eval", action="store_true", help="train step and memory only (no eval throughput)")
     parser.add_argument("--svd-model", default=None,
@@ -744,22 +764,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "targets": evaluate_targets(summaries, svd)}
 
 
+def check_device(spec: str | None) -> None:
+    """Refuse a device torch cannot name or this machine does not have, before anything is built."""
+    from .errors import ConfigError
+
+    if spec is None:
+        return
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown --device {spec!r}; give cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {spec} asks for a GPU, but torch sees no CUDA device here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {spec}: the benchmark measures cpu or cuda only")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from .errors import SubspaceTuningError
+    """Console entry point: a command-line mistake exits 2, any other error 1, each with one paragraph."""
+    from .errors import ConfigError, SubspaceTuningError
+    from .params import named_model_yaml
 
     args = parse_args(argv)
     threads = torch.get_num_threads()
     try:
+        check_device(args.device)
+        for name in (args.model, args.svd_model):
+            if name is not None:
+                named_model_yaml(name)  # a name in conf/model/, never a path
         result = run(args)
+        print(format_table(result))
+        if args.json:
+            try:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(result, indent=1))
+            except OSError as err:
+                raise ConfigError(f"cannot write --json {args.json}: {err.strerror or err}; choose another "
+                                  f"path") from None
+            log(f"[bench] wrote {args.json}")
     except SubspaceTuningError as err:
         sys.exit(f"error: {err}")
     finally:
         torch.set_num_threads(threads)  # --threads must not outlive the call (tests run it in-process)
-    print(format_table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        log(f"[bench] wrote {args.json}")
     return result
 
 

@@ -3,6 +3,9 @@
     python -m subspace_tuning.params model=roberta-base            # a text table
     python -m subspace_tuning.params model=roberta-large format=json
 
+Settings (key=value): ``model=<name>``, a model of ``conf/model/`` named without ``.yaml`` (default
+roberta-base); ``format=table|json`` (default table).
+
 No weights are materialised and nothing is downloaded: the model is built from the dimensions in
 ``conf/model/<name>.yaml``. "trainable" is the method's own parameters (the classification head is
 always trained and not counted, as in the paper); full fine-tuning counts everything. "per_mille" is
@@ -13,11 +16,31 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from .errors import ConfigError, SubspaceTuningError
+from .report import UsageError, fail, key_value_args
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from torch import nn
 
 RANKS = (2, 4, 8, 16)
+FORMATS = ("table", "json")
+USAGE = "usage: python -m subspace_tuning.params [model=<name in conf/model/>] [format=table|json]"
+
+
+def named_model_yaml(name: str) -> DictConfig:
+    """``conf/model/<name>.yaml`` for a model *name*; a path or a file name is refused, so a tool only ever
+    builds the models the project configures."""
+    from .config import CONF_DIR, model_yaml
+
+    if not name or any(sep in name for sep in ("/", "\\")) or name.endswith(".yaml") or name.strip(".") == "":
+        choices = ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+        raise ConfigError(f"model {name!r} is not a model name: models come from {CONF_DIR / 'model'} and are named "
+                          f"by their file name without .yaml (choose one of: {choices}); add a YAML file there for "
+                          f"another model")
+    return model_yaml(name)
 
 
 def count_parameters(model: nn.Module, method: Any, total: int) -> dict[str, int | float]:
@@ -33,14 +56,16 @@ def count_parameters(model: nn.Module, method: Any, total: int) -> dict[str, int
 
 def table_rows(model_name: str, methods: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per registered method (or each of ``methods``) and rank (one row for rank-free methods)."""
+    model_config = named_model_yaml(model_name)  # before the heavy imports: a wrong name is answered at once
+
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from .config import method_defaults, model_yaml
+    from .config import method_defaults
     from .methods import REGISTRY, build_method, load_all
     from .models import architecture_config
 
-    config = architecture_config(model_yaml(model_name))
+    config = architecture_config(model_config)
     load_all()
     rows = []
     for name, cls in REGISTRY.items():
@@ -69,12 +94,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .errors import SubspaceTuningError
-
-    args = dict(arg.split("=", 1) for arg in (sys.argv[1:] if argv is None else argv) if "=" in arg)
-    unknown = set(args) - {"model", "format"}
-    if unknown or args.get("format", "table") not in ("table", "json"):
-        sys.exit("usage: python -m subspace_tuning.params model=<name> [format=table|json]")
+    """Console entry point: a command-line mistake exits 2, an unknown model 1, each with one paragraph."""
+    try:
+        _, args = key_value_args(sys.argv[1:] if argv is None else argv, USAGE, __doc__, ("model", "format"))
+        if args.get("format", "table") not in FORMATS:
+            raise UsageError(f"unknown format {args['format']!r}; choose one of: {', '.join(FORMATS)}; {USAGE}")
+    except UsageError as err:
+        fail(err)
     try:
         rows = table_rows(args.get("model", "roberta-base"))
     except SubspaceTuningError as err:

@@ -2,11 +2,13 @@
 model, loaded with no project code; non-mergeable methods are refused with a clear message.
 
 A run folder is faked the way the runner writes one (config.yaml resolved, trained.safetensors from
-``method.state_dict``), on a tiny model saved as a local "hub" folder with nonzero biases and LayerNorms,
-so that bias handling in every merge is tested too.
-"""
+``method.state_dict``, metrics.json with its status), on a tiny model saved as a local "hub" folder with nonzero
+biases and LayerNorms, so that bias handling in every merge is tested too. Runs that are not results (failed,
+unfinished, NaN weights) are refused."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -21,7 +23,7 @@ MERGEABLE = ["bitfit", "dora", "ia3", "sam_parser", "spectral_adapter", "ssb", "
 SENTENCES = ["the cat sat on the mat", "an entirely different and longer sentence", "no"]
 
 
-def fake_run(tmp_path, model_name: str, method_name: str) -> tuple:
+def fake_run(tmp_path, model_name: str, method_name: str, status: str = "completed") -> tuple:
     """(run folder, adapted model, tokenizer) of a 'trained' run whose backbone is a local pretrained folder."""
     from subspace_tuning.config import compose
     from subspace_tuning.methods import build_method
@@ -46,7 +48,16 @@ def fake_run(tmp_path, model_name: str, method_name: str) -> tuple:
     method.apply(model)
     perturb_trainable(model)
     save_tensors(run / "trained.safetensors", method.state_dict(model))
+    record = {"status": status} | ({"error": "the loss became nan at step 7"} if status == "failed" else {})
+    (run / "metrics.json").write_text(json.dumps(record))
     return run, model.eval(), tokenizer
+
+
+def strict_json(path) -> dict:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{path} holds {constant}, which strict JSON does not have")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 @pytest.mark.parametrize("method", MERGEABLE)
@@ -64,6 +75,7 @@ def test_export_loads_without_project_code_and_matches(tmp_path, method):
     with torch.no_grad():
         torch.testing.assert_close(exported(**batch).logits, adapted(**batch).logits, atol=1e-5, rtol=1e-4)
     assert exported.config.id2label == {0: "0", 1: "1"}
+    assert strict_json(out / "export.json")["max_abs_logit_difference"] < 1e-4
 
 
 def test_export_deberta(tmp_path):
@@ -102,5 +114,55 @@ def test_export_refuses_random_init_models_and_missing_runs(tmp_path):
         export_run(tmp_path)
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(compose(["model=tiny-roberta"]), resolve=True))
     (tmp_path / "trained.safetensors").write_bytes(b"")
+    (tmp_path / "metrics.json").write_text('{"status": "completed"}')
     with pytest.raises(ConfigError, match="random-init test model"):
         export_run(tmp_path)
+
+
+# --- only results are exported ---------------------------------------------------------------------------
+@pytest.mark.parametrize("status, message", [
+    ("failed", "says status 'failed' (the loss became nan at step 7); only completed runs are exported"),
+    ("running", "says status 'running'; only completed runs are exported"),
+    (None, "has no metrics.json, so nothing says its training completed"),
+])
+def test_export_refuses_runs_that_did_not_complete(tmp_path, capsys, status, message):
+    from subspace_tuning.export import main
+
+    run, _, _ = fake_run(tmp_path, "tiny-roberta", "ssl", status=status or "completed")
+    if status is None:
+        (run / "metrics.json").unlink()
+    capsys.readouterr()  # building the fake run printed progress bars
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (run / "export").exists()
+
+
+def test_export_refuses_non_finite_trained_tensors(tmp_path, capsys):
+    from subspace_tuning.export import main
+    from subspace_tuning.runio import load_tensors, save_tensors
+
+    run, _, _ = fake_run(tmp_path, "tiny-roberta", "dora")
+    tensors = load_tensors(run / "trained.safetensors")
+    name = sorted(tensors)[1]
+    tensors[name].view(-1)[0] = float("nan")
+    save_tensors(run / "trained.safetensors", tensors)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"trained tensor {name!r}" in err and "1 non-finite values" in err
+    assert not (run / "export").exists() and not (run / ".export.partial").exists()
+
+
+def test_a_nan_logit_difference_fails_the_merge_check(tmp_path):
+    from subspace_tuning.errors import SubspaceTuningError
+    from subspace_tuning.export import merge_checked, rebuild
+
+    run, _, _ = fake_run(tmp_path, "tiny-roberta", "ssl")
+    _, tokenizer, model, method = rebuild(run)
+    with torch.no_grad():  # a frozen backbone weight gone bad: both models' logits are NaN, and NaN > tol is False
+        model.classifier.dense.weight.fill_(float("nan"))
+    with pytest.raises(SubspaceTuningError, match="differ from the adapted model's by nan"):
+        merge_checked(model, method, tokenizer)

@@ -1,0 +1,87 @@
+"""The small command-line tools behave: ``--help`` prints usage with an example and exits 0; a command line they
+cannot take is one ``error: ...`` paragraph on stderr naming the argument, with a non-zero exit and never a
+traceback. Each case runs ``python -m subspace_tuning.<tool>`` in a subprocess, as users run it; only cheap cases
+(help and argument errors, and one small parameter table)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
+import pytest
+
+# (tool and arguments, exit status, phrase in stdout + stderr)
+CASES = [
+    # --help / -h: usage, the arguments, an example; exit 0
+    ("params --help", 0, "usage: python -m subspace_tuning.params [model=<name in conf/model/>]"),
+    ("params -h", 0, "python -m subspace_tuning.params model=roberta-large format=json"),
+    ("export --help", 0, "usage: python -m subspace_tuning.export <run folder> [out=<folder>]"),
+    ("export -h", 0, "python -m subspace_tuning.export <run folder> out=exported/mrpc-dora"),
+    ("report --help", 0, "python -m subspace_tuning.report outputs/table2_roberta_base"),
+    ("report -h", 0, "--stat {mean,median}"),
+    ("bench --help", 0, "python -m subspace_tuning.bench --methods lora,dora"),
+    # unknown or missing arguments: exit 2, the argument named, the accepted ones listed
+    ("params --bogus", 2, "error: unknown argument '--bogus'; usage: python -m subspace_tuning.params [model="),
+    ("params bogus=1", 2, "error: unknown setting 'bogus=1': 'bogus' is not one of model, format"),
+    ("params roberta-base", 2, "error: unknown argument 'roberta-base'; usage:"),
+    ("params format=xml", 2, "error: unknown format 'xml'; choose one of: table, json"),
+    ("params model=tiny-roberta model=minilm", 2, "error: model= is given twice"),
+    ("export", 2, "error: give exactly one run folder (got none); usage:"),
+    ("export run_a run_b", 2, "error: give exactly one run folder (got 2: 'run_a', 'run_b')"),
+    ("export run_a outt=x", 2, "error: unknown setting 'outt=x': 'outt' is not one of out"),
+    ("export run_a --force", 2, "error: unknown argument '--force'"),
+    ("report", 2, "error: the following arguments are required: folders; usage: python -m subspace_tuning.report"),
+    ("report outputs --bogus", 2, "error: unrecognized arguments: --bogus; usage:"),
+    ("report outputs --stat mode", 2, "error: argument --stat: invalid choice: 'mode' (choose from 'mean', 'median')"),
+    ("bench --bogus", 2, "error: unrecognized arguments: --bogus; usage: python -m subspace_tuning.bench [-h]"),
+    # models come from conf/model/ only: a path or a file name is refused (exit 1, like an unknown model)
+    ("params model=/etc/hostname", 1, "error: model '/etc/hostname' is not a model name: models come from"),
+    ("params model=../model/tiny-roberta", 1, "is not a model name"),
+    ("params model=tiny-roberta.yaml", 1, "named by their file name without .yaml"),
+    ("params model=nope", 1, "error: unknown model 'nope'; choose one of: deberta-v3-base"),
+    ("bench --quick --model ../model/tiny-roberta", 1, "error: model '../model/tiny-roberta' is not a model name"),
+    # errors after parsing: still one paragraph
+    ("export no/such/run", 2, "error: no/such/run is not a finished run folder: config.yaml is missing"),
+    ("report no/such/sweep", 2, "error: no such folder: no/such/sweep"),
+    # and a command that works
+    ("params model=tiny-roberta", 0, "lora                 8"),
+]
+
+
+def _run(args: str) -> subprocess.CompletedProcess:
+    tool, *rest = args.split()
+    return subprocess.run([sys.executable, "-m", f"subspace_tuning.{tool}", *rest], capture_output=True, text=True,
+                          timeout=300)
+
+
+@cache
+def results() -> dict[str, subprocess.CompletedProcess]:
+    """Every case at once, in parallel processes (most of the time is interpreter and import start-up)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip([c[0] for c in CASES], pool.map(_run, [c[0] for c in CASES]), strict=True))
+
+
+@pytest.mark.parametrize("args, code, phrase", CASES, ids=[c[0] for c in CASES])
+def test_cli(args: str, code: int, phrase: str) -> None:
+    result = results()[args]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == code, (result.returncode, result.stdout[-500:], result.stderr)
+    assert phrase in result.stdout + result.stderr, (result.stdout[-1000:], result.stderr)
+    if code:  # one paragraph: a single 'error: ...' line, nothing else on stderr
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    else:
+        assert result.stderr == "" or "usage" not in result.stderr
+
+
+def test_bench_counts_are_positive(capsys: pytest.CaptureFixture) -> None:
+    from subspace_tuning.bench import parse_args  # in-process: a bench subprocess spends seconds importing torch
+
+    assert parse_args(["--batch", "3", "--warmup", "0"]).batch == 3
+    for args in (["--batch", "0"], ["--repeats", "-1"], ["--warmup", "-1"], ["--rank", "x"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith(f"error: argument {args[0]}: invalid ") and "\n" not in \
+            err.rstrip("\n")
