@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -21,9 +22,36 @@ def rank_tag(method_name: str, rank: int | None) -> str:
     return f"r{rank}" if uses_rank else "no-rank"
 
 
+def reference_steps(train_size: int, batch_size: int, epochs: int) -> int:
+    """Optimizer steps of a full-data run (the run a protocol's step counts were written for)."""
+    return math.ceil(int(train_size) / int(batch_size)) * int(epochs)
+
+
+def per_run(steps: float | None, reference: int, fallback: float | None = None) -> float | None:
+    """A step count of the reference run as a fraction of it (``fallback`` when the count is null), so that it
+    scales with a shorter run: settings read a value below 1 as a fraction of the run's optimizer steps."""
+    return fallback if steps is None else float(steps) / int(reference)
+
+
+def lr_for(method_name: str, lr: float, full_ft_lr: float | None) -> float:
+    """Full fine-tuning's own learning rate where the protocol gives one, else the task's."""
+    return full_ft_lr if method_name == "full" and full_ft_lr is not None else lr
+
+
+def steps_of(value: float | None, total_steps: int) -> int | None:
+    """A step setting as steps: values >= 1 are steps, values in (0, 1) fractions of ``total_steps`` (at least 1)."""
+    if value is None:
+        return None
+    return int(value) if value >= 1 else max(1, round(float(value) * total_steps))
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("rank_tag"):
-        OmegaConf.register_new_resolver("rank_tag", rank_tag)
+    from .resume import run_folder
+
+    resolvers = {"run_folder": run_folder, "reference_steps": reference_steps, "per_run": per_run, "lr_for": lr_for}
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def compose(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
@@ -48,7 +76,7 @@ def model_yaml(model_name: str) -> DictConfig:
     from .errors import ConfigError, choices_message
 
     path = CONF_DIR / "model" / f"{model_name}.yaml"
-    if not path.is_file():
+    if any(sep in model_name for sep in ("/", "\\")) or model_name.endswith(".yaml") or not path.is_file():
         raise ConfigError(choices_message("model", model_name, [p.stem for p in (CONF_DIR / "model").glob("*.yaml")]))
     return OmegaConf.load(path)
 
@@ -58,4 +86,6 @@ def method_defaults(method_name: str) -> dict:
     path = CONF_DIR / "method" / f"{method_name}.yaml"
     options = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
     options.pop("name", None)
-    return options
+    # values the protocol sets (interpolations, e.g. AdaLoRA's schedule) need a composed run: outside one the
+    # method's own defaults apply
+    return {k: v for k, v in options.items() if not (isinstance(v, str) and v.startswith("${"))}

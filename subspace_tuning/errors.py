@@ -24,3 +24,7 @@ class TrainingDiverged(SubspaceTuningError):
 def choices_message(kind: str, name: object, choices: list[str]) -> str:
     """'unknown model 'foo'; choose one of: a, b, c'."""
     return f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(choices))}"
+
+
+class OutputError(SubspaceTuningError):
+    """The output location cannot be written (not a directory, no permission, disk full)."""

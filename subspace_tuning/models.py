@@ -18,6 +18,10 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 from .errors import ConfigError, choices_message
 
 SOURCES = ("hub", "minilm", "config")
+# The config keys of the dropout before the classification head: RoBERTa's and BERT's classifier_dropout;
+# DeBERTa's pooler dropout and the dropout of its classifier (cls_dropout), which the authors' scripts set together.
+HEAD_DROPOUT_KEYS = {"roberta": ("classifier_dropout",), "bert": ("classifier_dropout",),
+                     "deberta-v2": ("pooler_dropout", "cls_dropout")}
 
 
 def _as_dict(node: Any) -> dict[str, Any]:
@@ -68,16 +72,29 @@ def build_model(model_cfg: DictConfig, num_labels: int, tokenizer: Tokenizer | N
     source = model_cfg.source
     if source not in SOURCES:
         raise ConfigError(choices_message("model source", source, list(SOURCES)))
+    dropout = head_dropout(model_cfg)
     if source == "config":
-        overrides = {}
+        overrides = dict(dropout)
         if tokenizer is not None:
-            overrides = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+            overrides.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
         config = architecture_config(model_cfg, num_labels, **overrides)
         with torch.device(device or "cpu"):
             return AutoModelForSequenceClassification.from_config(config)
     name = minilm_path() if source == "minilm" else model_cfg.hub_name
     try:
-        return AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels)
+        return AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels, **dropout)
     except OSError as err:
         raise ConfigError(f"could not load model {name!r} ({err.__class__.__name__}: {str(err)[:200]}). "
                           "Without internet access use model=minilm or a tiny model.") from err
+
+
+def head_dropout(model_cfg: DictConfig) -> dict[str, float]:
+    """The config settings for ``model.classifier_dropout`` (none when it is null: the model's own)."""
+    value = model_cfg.get("classifier_dropout")
+    if value is None:
+        return {}
+    model_type = str(model_cfg.arch.model_type)
+    if model_type not in HEAD_DROPOUT_KEYS:
+        raise ConfigError(f"model.classifier_dropout is not supported for model type {model_type!r} "
+                          f"(supported: {', '.join(HEAD_DROPOUT_KEYS)}); set model.classifier_dropout=null")
+    return {key: float(value) for key in HEAD_DROPOUT_KEYS[model_type]}

@@ -1,36 +1,148 @@
-"""What makes a run "already done": its metrics.json says completed for the same configuration.
+"""A run's identity: which folder it owns, what makes it "already done", and what may never be overwritten.
 
-The fingerprint hashes the resolved configuration minus the settings that cannot change a result
-(progress bars, logging cadence, cache and output locations), so relaunching a sweep skips finished
-runs, re-runs failed or half-done ones, and re-runs a folder whose configuration was changed.
+- The folder is ``<model>/<task>/<method>/<r8 | no-rank>/mpc-<mpc>/[<variant>/]seed<seed>``: the readable path,
+  plus, for a run whose command line changes a setting outside the path (``optim.lr=1e-3``,
+  ``method.alpha=32``, ``protocol=scripts``), a variant folder that names those settings. Two
+  configurations that differ on the command line therefore never share a folder.
+- The fingerprint hashes the resolved configuration minus the settings that cannot change a result
+  (progress bars, logging cadence, cache and output locations), plus a hash of the data's content. A rank
+  given to a rank-free method is not part of it, so ``-m method=ia3 rank=2,8`` is one run.
+- A completed run is skipped; a folder holding a completed run of a *different* configuration is never
+  overwritten: the run stops with a message naming the settings that differ. When only the data changed,
+  the old run is moved aside (``<folder>.superseded-<time>``) and the run starts again on the new data.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-# settings that do not change what a run computes
-COSMETIC = {("train", "progress"), ("train", "log_every"), ("data", "cache_dir"), ("data", "num_workers"),
-            ("output_root",), ("experiment_name",), ("run_path",), ("train", "save_trained"),
-            ("train", "threads")}
+from .errors import ConfigError
+
+# The settings in the readable part of the folder (as command-line override keys).
+PATH_KEYS = frozenset({"model", "task", "method", "rank", "mpc", "seed", "experiment"})
+# Settings that do not change what a run computes (dotted keys). ``task.data_dir`` is a location: the
+# data's content is fingerprinted instead, so moving the data re-runs nothing and editing it re-runs.
+COSMETIC = frozenset({"train.progress", "train.log_every", "train.threads", "train.save_trained", "train.checkpoint",
+                      "data.cache_dir", "data.num_workers", "task.data_dir", "output_root", "experiment_name",
+                      "run_path"})
+log = logging.getLogger("subspace_tuning")
+SUPERSEDED = ".superseded-"  # suffix of a run folder moved aside because its data changed
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
+MAX_VARIANT_CHARS = 100  # longer variant names become a prefix plus a hash (folder names stop at 255 bytes)
 
 
-def config_fingerprint(cfg: DictConfig) -> str:
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def variant(overrides: Iterable[str]) -> dict[str, str]:
+    """The command-line settings outside the readable path that can change a result: key -> value as given."""
+    pairs = (str(o).lstrip("+~").split("=", 1) for o in overrides)
+    found = {key: value for key, value, *_ in (p + [""] for p in pairs)
+             if key not in PATH_KEYS and key not in COSMETIC and not key.startswith("hydra")}
+    return dict(sorted(found.items()))
+
+
+def safe_component(text: object) -> str:
+    """``text`` as one folder name: characters outside letters, digits and ``. _ = , + -`` become ``_``,
+    and ``.`` / ``..`` / an empty name are never produced (nothing is written outside the output tree)."""
+    name = _UNSAFE.sub("_", str(text))
+    return name if name.strip(".") else name.replace(".", "_") or "_"
+
+
+def variant_folder(overrides: Iterable[str]) -> str:
+    """The variant part of a run folder ('' for the experiment's own settings), ending with '/'."""
+    settings = variant(overrides)
+    if not settings:
+        return ""
+    text = ",".join(f"{k}={v}" for k, v in settings.items())
+    name = safe_component(text)
+    if name != text or len(name) > MAX_VARIANT_CHARS:  # a changed or shortened name gets a hash: no collisions
+        name = f"{name[:MAX_VARIANT_CHARS]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return name + "/"
+
+
+def run_folder(model: str, task: str, method: str, rank: Any, mpc: str, seed: Any, overrides: Any = ()) -> str:
+    """The run's folder below ``<output_root>/<experiment_name>`` (the ``run_folder`` resolver of conf/config.yaml)."""
+    from .config import rank_tag
+
+    parts = [model, task, method, rank_tag(str(method), rank), f"mpc-{mpc}"]
+    return "/".join(safe_component(p) for p in parts) + "/" + variant_folder(overrides or ()) \
+        + safe_component(f"seed{seed}")
+
+
+def uses_rank(method_name: str) -> bool:
+    from .errors import SubspaceTuningError
+    from .methods import method_class
+
+    try:
+        return method_class(method_name).uses_rank
+    except SubspaceTuningError:  # an unknown method is reported by the run itself, with the choices
+        return True
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved settings that can change a result (the fingerprint's input, minus the data hash)."""
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.pop("hydra", None)  # a sweeper sees the hydra node, the job does not
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-    for path in COSMETIC:
+    for dotted in COSMETIC:
+        *parents, leaf = dotted.split(".")
         node = resolved
-        for key in path[:-1]:
-            node = node.get(key, {})
-        node.pop(path[-1], None)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    if not uses_rank(str(resolved.get("method", {}).get("name"))):
+        resolved["rank"] = None
+    return resolved
+
+
+def data_digest(cfg: DictConfig) -> str:
+    """A hash of the data's content ('unreadable' when it cannot be read: the run itself reports why)."""
+    from .data import data_fingerprint
+    from .errors import SubspaceTuningError
+
+    try:
+        return data_fingerprint(cfg.task)
+    except (OSError, SubspaceTuningError):
+        return "unreadable"
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    record = {"config": identity(cfg), "data": data_digest(cfg)}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """``metrics.json`` of ``folder`` if it is a run record (a JSON object with a status), else None.
+
+    Anything else there (not JSON, a list, a truncated file) is moved aside as ``metrics.json.invalid`` so that
+    it never aborts a sweep and is never mistaken for a result."""
+    path = folder / "metrics.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and isinstance(record.get("status"), str):
+        return record
+    try:
+        path.replace(path.with_name("metrics.json.invalid"))
+    except OSError:
+        pass
+    return None
 
 
 def completed_metrics(folder: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -39,6 +151,58 @@ def completed_metrics(folder: Path, fingerprint: str) -> dict[str, Any] | None:
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    if metrics.get("status") == "completed" and metrics.get("config_fingerprint") == fingerprint:
+    if isinstance(metrics, dict) and metrics.get("status") == "completed" \
+            and metrics.get("config_fingerprint") == fingerprint:
         return metrics
     return None
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): tree}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], limit: int = 8) -> list[str]:
+    """'optim.lr 0.001 -> 0.002' for every setting that differs (at most ``limit``, then a count)."""
+    flat_old, flat_new = flatten(old), flatten(new)
+    changed = [f"{k} {flat_old.get(k, '(absent)')} -> {flat_new.get(k, '(absent)')}"
+               for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k) != flat_new.get(k)]
+    return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+def claim_folder(folder: Path, cfg: DictConfig, fingerprint: str) -> dict[str, Any] | None:
+    """Decide what a launch does with ``folder``: the completed metrics of this configuration (skip), or None
+    (train). Raises ConfigError when the folder holds a completed run of another configuration."""
+    record = read_record(folder)
+    if record is None or record.get("status") != "completed":
+        return None
+    if record.get("config_fingerprint") == fingerprint:
+        return record
+    previous = {}
+    try:
+        previous = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=False)
+    except Exception:  # noqa: BLE001 - an unreadable old config only makes the message less specific
+        pass
+    old_identity = identity(OmegaConf.create(previous)) if previous else {}
+    changed = differences(old_identity, identity(cfg)) if old_identity else []
+    data_changed = record.get("data_fingerprint") not in (None, data_digest(cfg))
+    if old_identity and not changed and data_changed:
+        aside = folder.with_name(folder.name + SUPERSEDED + time.strftime("%Y%m%d-%H%M%S"))
+        folder.rename(aside)
+        log.warning("the data changed since %s completed; that run was moved to %s and this one starts again",
+                    folder, aside)
+        return None
+    if changed:
+        what = f"it differs in: {'; '.join(changed)}"
+    elif old_identity:
+        what = "its config.yaml shows no difference: it was recorded by another version of subspace-tuning"
+    else:
+        what = "its config.yaml cannot be read"
+    raise ConfigError(
+        f"{folder} holds a completed run of a different configuration ({what}). It is not overwritten. To run this "
+        "configuration, give it its own folder by setting the differing values on the command line (command-line "
+        "settings outside the folder path get a variant folder of their own), or move that folder away.")

@@ -30,9 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import CONF_DIR, method_options, register_resolvers
+from .config import CONF_DIR, method_options, register_resolvers, steps_of
 from .errors import SubspaceTuningError, TrainingDiverged
-from .resume import completed_metrics, config_fingerprint
+from .resume import claim_folder, config_fingerprint, data_digest, read_record, variant
 from .runio import (
     atomic_write,
     atomic_write_json,
@@ -45,6 +45,7 @@ from .runio import (
 
 log = logging.getLogger("subspace_tuning")
 CHECKPOINT = "checkpoint.pt"
+LOCK_SUFFIX = ".lock"
 
 
 class Run:
@@ -52,15 +53,23 @@ class Run:
 
     def __init__(self, folder: Path, cfg: DictConfig, fingerprint: str, is_main: bool = True) -> None:
         self.folder, self.cfg, self.is_main = folder, cfg, is_main
+        protocol = OmegaConf.select(cfg, "protocol", default=None)
         self.metrics: dict[str, Any] = {
             "status": "running",
             "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
             "rank": cfg.rank, "mpc": cfg.mpc.name, "seed": cfg.seed,
+            "variant": variant(command_line_overrides()),
+            "protocol": protocol.name if protocol is not None else None,
+            "protocol_settings": OmegaConf.to_container(protocol, resolve=True) if protocol is not None else None,
             "metric": cfg.task.metrics[0], "best": None, "last": None, "history": [],
-            "config_fingerprint": fingerprint,
+            "config_fingerprint": fingerprint, "data_fingerprint": data_digest(cfg),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": library_versions(), "git_commit": git_commit(),
         }
+        previous = read_record(folder)
+        if previous and previous.get("config_fingerprint") == fingerprint:
+            # an unfinished run's evaluations stay on record until its checkpoint replaces them
+            self.metrics.update({k: previous.get(k) for k in ("best", "last")}, history=previous.get("history") or [])
 
     def write_config(self) -> None:
         if self.is_main:
@@ -126,16 +135,59 @@ def trainable_summary(counts: dict[str, int]) -> str:
             f"{counts['total']:,}) + classification head {counts['head']:,}")
 
 
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """Linear warmup then linear decay to 0 over ``total_steps`` optimizer steps; ``optim.warmup_steps`` (when
+    set) wins over ``optim.warmup_ratio``, and is capped at the run's length when a user shortens it."""
+    from transformers import get_linear_schedule_with_warmup
+
+    warmup_steps = OmegaConf.select(cfg, "warmup_steps", default=None)
+    warmup = int(warmup_steps) if warmup_steps is not None else int(float(cfg.warmup_ratio) * total_steps)
+    return get_linear_schedule_with_warmup(optimizer, min(warmup, total_steps), total_steps)
+
+
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "data_order": generator.get_state()}
+    """Every RNG as tensors and plain values, so that a checkpoint loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(), "data_order": generator.get_state()}
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    kind, keys, pos, has_gauss, cached = state["numpy"]
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     generator.set_state(state["data_order"])
+
+
+def read_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint's state if it belongs to this configuration, else None.
+
+    Loaded with ``weights_only=True``: tensors and plain data only, so a crafted file cannot run code. A file that
+    cannot be read that way (corrupt, truncated, or holding anything else) is moved aside to ``<name>.corrupt``
+    with a warning and the run starts again."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str):
+            raise ValueError("not a checkpoint of this runner")
+    except Exception as err:  # noqa: BLE001 - whatever the reason, the file is not a usable checkpoint
+        aside = path.with_name(path.name + ".corrupt")
+        path.replace(aside)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        log.warning("%s could not be read as a checkpoint (%s); it was moved to %s and the run starts again",
+                    path, reason[:200], aside)
+        return None
+    return state if state["fingerprint"] == fingerprint else None
+
+
+def check_finite_parameters(model: nn.Module, step: int) -> None:
+    """A model with a non-finite trained value is not a result."""
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param).all():
+            raise TrainingDiverged(f"the trained parameter {name} holds non-finite values at step {step}; "
+                                   "try a lower optim.lr")
 
 
 @dataclass
@@ -152,7 +204,6 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     """Train one configuration and record it in ``folder``. Returns the final metrics."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import get_linear_schedule_with_warmup
 
     from .architectures import head_parameter_names
     from .data import build_dataloaders
@@ -163,7 +214,11 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
 
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=bool(cfg.train.cpu))
+    # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per process for
+    # every optimizer step, while total_steps here counts optimizer steps (data-parallel runs would decay the
+    # learning rate num_processes times too fast)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=bool(cfg.train.cpu),
+                              step_scheduler_with_optimizer=False)
     fingerprint = config_fingerprint(cfg)
     run = Run(folder, cfg, fingerprint, accelerator.is_main_process)
     run.write_config()
@@ -187,8 +242,8 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
         total_steps = int(cfg.train.epochs) * steps_per_epoch
         if cfg.train.max_steps is not None:
             total_steps = min(total_steps, int(cfg.train.max_steps))
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(float(cfg.optim.warmup_ratio) * total_steps),
-                                                    total_steps)
+        scheduler = build_scheduler(cfg.optim, optimizer, total_steps)
+        eval_every = steps_of(cfg.train.eval_steps, total_steps)
         data_order = train_loader.generator
         model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
         eval_loaders = {split: accelerator.prepare(loader) for split, loader in eval_loaders.items()}
@@ -198,23 +253,29 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
         progress = Progress()
 
         checkpoint_path = folder / CHECKPOINT
-        if cfg.train.checkpoint and checkpoint_path.is_file():
-            state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-            if state["fingerprint"] == fingerprint:
-                method.load_state_dict(raw_model, state["trained"])
-                method.load_checkpoint_state(raw_model, state["method"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                set_rng_state(state["rng"], data_order)
-                progress = Progress(**state["progress"])
-                run.metrics.update(state["metrics"], status="running")
-                log.info("resuming from %s after epoch %d (step %d)", checkpoint_path, progress.epoch, progress.step)
+        state = read_checkpoint(checkpoint_path, fingerprint) if cfg.train.checkpoint else None
+        if state is not None:
+            method.load_state_dict(raw_model, state["trained"])
+            method.load_checkpoint_state(raw_model, state["method"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"], data_order)
+            progress = Progress(**state["progress"])
+            run.metrics.update(state["metrics"], status="running")
+            log.info("resuming from %s after epoch %d (step %d)", checkpoint_path, progress.epoch, progress.step)
+        else:
+            run.metrics.update(best=None, last=None, history=[])  # starting over: earlier records are superseded
 
         def evaluate_all(step: int, train_loss: float, regs: dict[str, float]) -> None:
+            check_finite_parameters(raw_model, step)
             scores: dict[str, float] = {}
             for i, (split, loader) in enumerate(eval_loaders.items()):
                 split_scores = evaluate(model, loader, metric_names, accelerator)
                 scores.update(zip(score_names(split, i == 0, metric_names), split_scores.values(), strict=True))
+            bad = [name for name, value in scores.items() if not math.isfinite(value)]
+            if bad:
+                raise TrainingDiverged(f"the evaluation score {bad[0]} is {scores[bad[0]]} at step {step}; the model "
+                                       "predicts non-finite values (try a lower optim.lr)")
             record = {"epoch": round(step / steps_per_epoch, 4), "step": step, "train_loss": train_loss,
                       "regularizers": regs, "lr": scheduler.get_last_lr()[0], "scores": scores,
                       "elapsed_s": round(progress.train_time, 2)}
@@ -244,12 +305,18 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
                 task_loss = model(**batch).loss
                 regs = method.regularizers(raw_model)
                 loss = task_loss + sum(regs.values()) if regs else task_loss
+                where = f"at step {progress.step + 1} (epoch {progress.epoch + 1})"
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"the loss became {loss.item()} at step {progress.step + 1} "
-                                           f"(epoch {progress.epoch + 1}); try a lower optim.lr (now {cfg.optim.lr})")
+                    raise TrainingDiverged(f"the loss became {loss.item()} {where}; try a lower optim.lr "
+                                           f"(now {cfg.optim.lr})")
                 accelerator.backward(loss)
-                if cfg.optim.max_grad_norm:
-                    accelerator.clip_grad_norm_(trainable, float(cfg.optim.max_grad_norm))
+                grad_norm = accelerator.clip_grad_norm_(trainable, float(cfg.optim.max_grad_norm or math.inf))
+                if grad_norm is not None and not torch.isfinite(grad_norm):
+                    raise TrainingDiverged(f"the gradient norm became {float(grad_norm)} {where}; try a lower "
+                                           f"optim.lr (now {cfg.optim.lr}) or mixed_precision=no")
+                lr = scheduler.get_last_lr()[0]
+                if not math.isfinite(lr):
+                    raise TrainingDiverged(f"the learning rate became {lr} {where}")
                 optimizer.step()
                 scheduler.step()
                 progress.step += 1
@@ -263,7 +330,7 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
                 if progress.step % int(cfg.train.log_every) == 0:
                     bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                 at_end = progress.step >= total_steps
-                if cfg.train.eval_steps and progress.step % int(cfg.train.eval_steps) == 0 and not at_end:
+                if eval_every and progress.step % eval_every == 0 and not at_end:
                     progress.train_time += time.perf_counter() - tick
                     evaluate_all(progress.step, loss_sum / n, {k: v / n for k, v in reg_sums.items()})
                     tick = time.perf_counter()
@@ -298,12 +365,54 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
 
 
 def train_or_skip(cfg: DictConfig, folder: Path) -> dict[str, Any]:
-    """Train, unless ``folder`` already holds a completed run of this configuration."""
-    done = completed_metrics(folder, config_fingerprint(cfg))
-    if done is not None:
-        log.info("already complete, not run again: %s", folder)
-        return done
-    return train(cfg, folder)
+    """Train, unless ``folder`` already holds a completed run of this configuration.
+
+    Checks every setting before anything is written, and holds a lock on the folder while it runs: a second
+    launch of the same run stops at once with a message instead of writing over the first."""
+    from filelock import FileLock, Timeout
+
+    from .runio import ensure_writable_dir
+    from .validate import validate_settings
+
+    cfg = validate_settings(cfg)
+    ensure_writable_dir(folder)
+    if not is_main_process():  # data-parallel: the main process owns the folder, the others follow it
+        return train(cfg, folder)
+    lock_path = folder.with_name(folder.name + LOCK_SUFFIX)
+    try:
+        with FileLock(lock_path, timeout=0):
+            done = claim_folder(folder, cfg, config_fingerprint(cfg))
+            if done is not None:
+                log.info("already complete, not run again: %s", folder)
+                return done
+            return train(cfg, folder)
+    except Timeout:
+        raise RunLocked(f"another process is running this configuration in {folder} (it holds {lock_path}); this "
+                        "launch stops so as not to write over it. Wait for that run to finish and relaunch to pick "
+                        "up its result. The lock is released when that process ends, even if it is killed, so a "
+                        "lock file left behind by a crash does not block a later launch.") from None
+
+
+class RunLocked(SubspaceTuningError):
+    """Another process is running the same configuration in the same folder."""
+
+
+def is_main_process() -> bool:
+    """Whether this is the main process of a data-parallel launch (torchrun / accelerate set RANK)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def command_line_overrides() -> list[str]:
+    """The overrides this run was launched with (none outside Hydra, e.g. in tests and tools)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # HydraConfig was not set: not launched through Hydra
+        return []
+
 
 
 # --- command line ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from subspace_tuning.config import CONF_DIR, compose, method_options
 from subspace_tuning.methods import build_method
 
-GROUPS = ("model", "task", "method", "mpc", "experiment")
+GROUPS = ("model", "task", "method", "mpc", "protocol", "experiment")
 
 
 def options(group: str) -> list[str]:
@@ -40,7 +40,37 @@ def test_tasks_carry_the_paper_table6_hyperparameters():
 def test_overrides_reach_the_run():
     cfg = compose(["task=rte", "optim.lr=3e-4", "train.epochs=3", "rank=2", "seed=4"], return_hydra_config=True)
     assert (cfg.optim.lr, cfg.train.epochs, cfg.rank, cfg.seed) == (3e-4, 3, 2, 4)
-    assert cfg.hydra.run.dir == "outputs/default/roberta-base/rte/lora/r2/mpc-none/seed4"
+    # settings outside the readable path get a variant folder: runs of different configurations never share one
+    assert cfg.hydra.run.dir == "outputs/default/roberta-base/rte/lora/r2/mpc-none/optim.lr=3e-4,train.epochs=3/seed4"
+
+
+def test_rank_free_methods_share_one_folder_whatever_the_rank():
+    from subspace_tuning.resume import config_fingerprint
+
+    two, eight = (compose(["method=ia3", f"rank={r}"], return_hydra_config=True) for r in (2, 8))
+    assert two.hydra.run.dir == eight.hydra.run.dir == "outputs/default/roberta-base/rte/ia3/no-rank/mpc-none/seed0"
+    assert config_fingerprint(two) == config_fingerprint(eight)
+
+
+def test_unsafe_path_values_stay_inside_the_output_tree():
+    cfg = compose(["seed=/../../x", "method.alpha=a/b"], return_hydra_config=True)
+    assert ".." not in cfg.hydra.run.dir.split("/") and cfg.hydra.run.dir.startswith("outputs/default/roberta-base/")
+
+
+def test_protocol_paper_takes_table6_and_the_authors_scripts():
+    rte = compose(["task=rte"])  # RTE: Table 6 lr 1.2e-3; scripts: warmup 200 of 3900 steps, eval every 100
+    assert (rte.protocol.name, rte.optim.lr, rte.optim.weight_decay, rte.model.classifier_dropout) == \
+        ("paper", 1.2e-3, 0.01, 0.2)
+    assert rte.protocol.reference_steps == 78 * 50
+    assert round(rte.optim.warmup_ratio * 3900) == 200 and round(rte.train.eval_steps * 3900) == 100
+    adalora = compose(["task=rte", "method=adalora", "mpc=o"])
+    assert (round(adalora.method.tinit * 3900), round(adalora.method.tfinal * 3900), adalora.method.alpha,
+            adalora.mpc.weight) == (600, 1800, 32, 0.3)
+    assert compose(["task=rte", "method=full"]).optim.lr == 2e-5  # the model's own GLUE lr, not the PEFT one
+    # where Table 6 and the scripts disagree, paper keeps Table 6 and scripts takes the scripts' lr
+    assert (compose(["task=qnli"]).optim.lr, compose(["task=qnli", "protocol=scripts"]).optim.lr) == (1.2e-3, 5e-4)
+    simple = compose(["task=rte", "protocol=simple"])
+    assert (simple.optim.warmup_ratio, simple.train.eval_steps, simple.model.classifier_dropout) == (0.06, None, None)
 
 
 def test_quickstart_needs_no_download():

@@ -77,7 +77,9 @@ def test_train_py_writes_metrics(tmp_path):
     result = train_py(QUICK + ["method=lora", "rank=2", "train.max_steps=4", f"output_root={tmp_path}",
                                f"data.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    folder = tmp_path / "default/tiny-roberta/toy-sentiment/lora/r2/mpc-none/seed0"
+    # QUICK's command-line settings outside the readable path name a variant folder before the seed
+    (folder,) = (p.parent for p in tmp_path.glob("default/tiny-roberta/toy-sentiment/lora/r2/mpc-none/*/seed0/metrics.json"))
+    assert folder.parent.name == "train.eval_batch_size=200,train.max_steps=4"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["best"]["scores"]["accuracy"] >= 0
     assert "toy-sentiment accuracy: best" in result.stdout
@@ -87,7 +89,7 @@ def test_two_seed_multirun_writes_two_run_folders(tmp_path):
     result = train_py(["-m", *QUICK, "method=lora", "seed=0,1", "train.max_steps=2", f"output_root={tmp_path}",
                        f"data.cache_dir={tmp_path / 'cache'}", "experiment_name=sweep"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    runs = sorted(tmp_path.glob("sweep/tiny-roberta/toy-sentiment/lora/r8/mpc-none/seed*/metrics.json"))
+    runs = sorted(tmp_path.glob("sweep/tiny-roberta/toy-sentiment/lora/r8/mpc-none/*/seed*/metrics.json"))
     assert [p.parent.name for p in runs] == ["seed0", "seed1"]
     assert all(json.loads(p.read_text())["status"] == "completed" for p in runs)
     first, second = (json.loads(p.read_text())["history"][0]["train_loss"] for p in runs)

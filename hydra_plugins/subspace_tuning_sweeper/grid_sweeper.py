@@ -7,6 +7,8 @@ ranks, BitFit once, AdaLoRA with and without MPC_o) crossed with tasks and seeds
   ``params`` and command-line sweeps (row overrides win over grid values for the same key);
 - ``skip_completed``: jobs whose run folder holds a completed metrics.json of the same configuration
   are not launched again, so relaunching an interrupted sweep only runs what is missing;
+- jobs that are the same run (same folder and configuration, e.g. ``method=ia3 rank=2,8``: a rank-free
+  method ignores the rank) are launched once;
 - ``dry_run``: print the grid (size, how many are done) and launch nothing.
 
 Launching is still Hydra's: any launcher (basic, joblib, submitit) receives the remaining jobs.
@@ -56,20 +58,39 @@ class GridSweeper(BasicSweeper):
         if self.rows:
             jobs = [[o for o in combo if _key(o) not in {_key(r) for r in row}] + row
                     for row in self.rows for combo in grid]
+        unique = self._distinct_runs(jobs)
         # composing every job is what it costs to know its folder; a sweep with no finished run skips that
         check = self.skip_completed and any(Path(self.config.hydra.sweep.dir).glob("**/metrics.json"))
-        pending = [job for job in jobs if not (check and self._completed(job))]
-        done = len(jobs) - len(pending)
+        pending = [job for job in unique if not (check and self._completed(job))]
+        same = len(jobs) - len(unique)
+        done = len(unique) - len(pending)
         if self.dry_run:
-            print(f"grid: {len(jobs)} runs ({len(self.rows) or 1} rows x {len(grid)} grid points); "
-                  f"{done} already complete, {len(pending)} to run")
+            print(f"grid: {len(unique)} runs ({len(self.rows) or 1} rows x {len(grid)} grid points"
+                  + (f", less {same} that repeat a run" if same else "")
+                  + f"); {done} already complete, {len(pending)} to run")
             for job in pending:
                 print("  " + " ".join(job))
             return []
-        if done:
-            log.info("skipping %d completed runs of %d; launching %d", done, len(jobs), len(pending))
+        if done or same:
+            log.info("skipping %d completed runs of %d (and %d jobs that repeat a run); launching %d",
+                     done, len(unique), same, len(pending))
         size = max_batch_size or max(len(pending), 1)
         return [pending[i:i + size] for i in range(0, len(pending), size)]
+
+    def _distinct_runs(self, jobs: list[list[str]]) -> list[list[str]]:
+        """The jobs without those that repeat an earlier one: the same overrides, where a rank-free method's
+        rank does not count (``-m method=ia3 rank=2,8`` is one run, in one folder)."""
+        from subspace_tuning.resume import uses_rank
+
+        seen, distinct = set(), []
+        for job in jobs:
+            settings = dict(o.split("=", 1) for o in job if "=" in o)
+            method = settings.get("method", OmegaConf.select(self.config, "method.name"))
+            key = frozenset((k, v) for k, v in settings.items() if k != "rank" or uses_rank(str(method)))
+            if key not in seen:
+                seen.add(key)
+                distinct.append(job)
+        return distinct
 
     def _completed(self, job: list[str]) -> bool:
         from subspace_tuning.config import register_resolvers
