@@ -1,33 +1,67 @@
-"""The MPC framework: penalty values, composition with the A-and-B methods, config errors, MPC_n."""
+"""The MPC framework: loss values (both reductions), composition with the A-and-B methods, PEFT's AdaLoRA
+regulariser as an oracle, config errors, MPC_n."""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 from conftest import tiny_batch, tiny_model
-from method_properties import ATOL, logits
+from method_properties import ATOL, logits, perturb_trainable
 from omegaconf import OmegaConf
 
 from subspace_tuning.config import compose
 from subspace_tuning.errors import ConfigError, NotMergeableError
 from subspace_tuning.methods import build_method
-from subspace_tuning.methods.mpc import MPC, mpc_d_penalty, mpc_o_penalty
+from subspace_tuning.methods.mpc import MPC
 
-A_SMALL = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # r = 2, in = 3: A A^T = diag(1, 4)
-B_SMALL = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])  # out = 3, r = 2: B^T B = [[1, 1], [1, 2]]
+# Module 1: A A^T = diag(1, 4), so ||A A^T - I||_F = ||diag(0, 3)||_F = 3 (squared 9);
+# B^T B = [[1, 1], [1, 2]], so ||B^T B - I||_F = ||[[0, 1], [1, 1]]||_F = sqrt(3) (squared 3)
+# and ||B^T B - diag(B^T B)||_F = ||[[0, 1], [1, 0]]||_F = sqrt(2) (squared 2).
+A1 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # r = 2, in = 3
+B1 = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])  # out = 3, r = 2
+# Module 2: orthonormal rows, A A^T = I: error 0; B^T B = diag(4, 0), so ||B^T B - I||_F = ||diag(3, -1)||_F
+# = sqrt(10) (squared 10) and its off-diagonal part is 0.
+A2 = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+B2 = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+
+HAND_COMPUTED = [  # (kind, reduction, modules, loss at weight 0.1)
+    ("o", "mean_norm", 1, 0.1 * (3 + math.sqrt(3)) / 2),  # 0.2366025
+    ("o", "sum_squared", 1, 0.1 * (9 + 3)),  # 1.2
+    ("d", "mean_norm", 1, 0.1 * (3 + math.sqrt(2)) / 2),  # 0.2207107
+    ("d", "sum_squared", 1, 0.1 * (9 + 2)),  # 1.1
+    # two modules = four factor matrices: the mean divides by 4, the sum adds both modules
+    ("o", "mean_norm", 2, 0.1 * (3 + math.sqrt(3) + 0 + math.sqrt(10)) / 4),  # 0.1973582
+    ("o", "sum_squared", 2, 0.1 * (9 + 3 + 0 + 10)),  # 2.2
+    ("d", "mean_norm", 2, 0.1 * (3 + math.sqrt(2) + 0 + 0) / 4),  # 0.1103553
+    ("d", "sum_squared", 2, 0.1 * (9 + 2 + 0 + 0)),  # 1.1
+]
 
 
-def test_penalties_equal_hand_computed_values():
-    # ||A A^T - I||^2 = ||diag(0, 3)||^2 = 9; ||B^T B - I||^2 = ||[[0, 1], [1, 1]]||^2 = 3;
-    # ||B^T B - diag(B^T B)||^2 = ||[[0, 1], [1, 0]]||^2 = 2
-    assert float(mpc_o_penalty(A_SMALL, B_SMALL)) == pytest.approx(12.0)
-    assert float(mpc_d_penalty(A_SMALL, B_SMALL)) == pytest.approx(11.0)
-    assert float(MPC("o", weight=0.1).penalty(A_SMALL, B_SMALL)) == pytest.approx(1.2)
+@pytest.mark.parametrize("kind, reduction, modules, expected", HAND_COMPUTED)
+def test_loss_equals_hand_computed_values(kind, reduction, modules, expected):
+    factors = [(A1, B1), (A2, B2)][:modules]
+    loss = MPC(kind, weight=0.1, reduction=reduction).loss(factors)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_default_reduction_is_the_mean_of_norms_and_patterns_cost_nothing():
+    assert MPC("o").reduction == "mean_norm"
     q, _ = torch.linalg.qr(torch.randn(5, 2, dtype=torch.float64))
-    assert float(mpc_o_penalty(q.T, q)) == pytest.approx(0.0, abs=1e-12)  # orthonormal: no penalty
-    assert float(mpc_d_penalty(q.T, 3 * q)) == pytest.approx(0.0, abs=1e-12)  # MPC_d leaves column norms free
+    for reduction in ("mean_norm", "sum_squared"):
+        assert float(MPC("o", reduction=reduction).loss([(q.T, q)])) == pytest.approx(0.0, abs=1e-12)
+        assert float(MPC("d", reduction=reduction).loss([(q.T, 3 * q)])) == pytest.approx(0.0, abs=1e-12)
+    assert MPC("none").loss([(A1, B1)]) is None and MPC("n").loss([(A1, B1)]) is None
+    assert MPC("o").loss([]) is None
+
+
+def test_gradient_is_finite_where_a_deviation_is_zero():
+    # B = 0 (LoRA's init) has B^T B - diag(B^T B) = 0, where ||.||_F is not differentiable: its gradient is 0
+    a, b = A2.clone().requires_grad_(), torch.zeros(3, 2, requires_grad=True)
+    MPC("d").loss([(a, b)]).backward()
+    assert torch.isfinite(a.grad).all() and torch.equal(b.grad, torch.zeros(3, 2))
 
 
 def adapted(method_name: str, mpc: dict | None, rank: int = 4, seed: int = 0, **options):
@@ -40,20 +74,43 @@ def adapted(method_name: str, mpc: dict | None, rank: int = 4, seed: int = 0, **
 
 @pytest.mark.parametrize("method_name", ["lora", "trilora", "adalora", "flora", "pa"])
 @pytest.mark.parametrize("kind", ["o", "d"])
-def test_regularizer_is_the_weighted_sum_over_modules(method_name, kind):
-    model, method = adapted(method_name, {"name": kind, "weight": 0.3})
+@pytest.mark.parametrize("reduction", ["mean_norm", "sum_squared"])
+def test_regularizer_reduces_over_every_module(method_name, kind, reduction):
+    model, method = adapted(method_name, {"name": kind, "weight": 0.3, "reduction": reduction})
     modules = method.low_rank_modules(model).values()
     eye = torch.eye(4)
-    expected = 0.0
-    for m in modules:  # the formula of SPEC.md, written out with numpy-style norms
+    norms = []
+    for m in modules:  # the deviations of the module docstring, written out with torch.linalg.norm
         a, b = m.lora_A.detach(), m.lora_B.detach()
         gram_b = b.T @ b
         target_b = eye if kind == "o" else torch.diag(torch.diagonal(gram_b))
-        expected += torch.linalg.norm(a @ a.T - eye) ** 2 + torch.linalg.norm(gram_b - target_b) ** 2
+        norms += [torch.linalg.norm(a @ a.T - eye), torch.linalg.norm(gram_b - target_b)]
+    norms = torch.stack(norms)
+    expected = norms.mean() if reduction == "mean_norm" else norms.pow(2).sum()
     terms = method.regularizers(model)
     assert list(terms) == [f"mpc_{kind}"] and len(modules) == 12
     assert float(terms[f"mpc_{kind}"].detach()) == pytest.approx(0.3 * float(expected), rel=1e-5)
     assert terms[f"mpc_{kind}"].requires_grad
+
+
+def test_adalora_mpc_o_equals_peft_adalora_orthogonal_regulariser():
+    """PEFT adds orth_reg_weight * (mean over every lora_A and lora_B of ||G - I||_F) to the loss in
+    AdaLoraModel.forward: that difference is our MPC_o term on the same P and Q."""
+    from test_peft_oracle_adalora import peft_adalora_pair
+
+    ours, method, theirs = peft_adalora_pair("tiny-roberta", total_step=100, tinit=10, tfinal=10, deltaT=1)
+    perturb_trainable(ours, scale=0.5)  # P, Q far from orthonormal and each factor's deviation different
+    inner = theirs.base_model.model
+    with torch.no_grad():
+        for name, module in method.low_rank_modules(ours).items():
+            inner.get_submodule(name).lora_A["default"].copy_(module.lora_A)
+            inner.get_submodule(name).lora_B["default"].copy_(module.lora_B)
+    batch = tiny_batch()
+    with torch.no_grad():
+        peft_term = theirs.base_model(**batch).loss - inner(**batch).loss  # with and without the regulariser
+        ours_term = method.regularizers(ours)["mpc_o"]
+    assert float(ours_term) > 0.1
+    assert float(ours_term) == pytest.approx(float(peft_term), abs=1e-6)
 
 
 def test_no_constraint_adds_no_term():
@@ -74,10 +131,12 @@ def orthogonality_after_training(mpc: dict | None, steps: int = 10) -> dict[str,
     return method.summary(model)["pattern_errors"]
 
 
-def test_training_with_mpc_lowers_the_pattern_errors():
+# the mean of norms spreads the weight over every factor matrix, so it takes a larger weight in 10 steps
+@pytest.mark.parametrize("reduction, weight", [("mean_norm", 1.0), ("sum_squared", 0.1)])
+def test_training_with_mpc_lowers_the_pattern_errors(reduction, weight):
     free = orthogonality_after_training(None)
-    orthonormal = orthogonality_after_training({"name": "o", "weight": 0.1})
-    diagonal = orthogonality_after_training({"name": "d", "weight": 0.1})
+    orthonormal = orthogonality_after_training({"name": "o", "weight": weight, "reduction": reduction})
+    diagonal = orthogonality_after_training({"name": "d", "weight": weight, "reduction": reduction})
     assert orthonormal["A_rows_orthonormal"] < 0.5 * free["A_rows_orthonormal"]  # about 0.3 vs 1.3
     assert orthonormal["B_columns_orthonormal"] < 0.9 * free["B_columns_orthonormal"]  # B starts at 0: slower
     assert diagonal["A_rows_orthonormal"] < 0.5 * free["A_rows_orthonormal"]
@@ -100,13 +159,22 @@ def test_bad_mpc_settings_are_config_errors():
         build_method("lora", {}, 4, {"name": "n", "activation": "nope"})
     with pytest.raises(ConfigError, match="no setting"):
         build_method("lora", {}, 4, {"name": "o", "wieght": 0.1})
+    with pytest.raises(ConfigError, match="mpc.reduction"):
+        build_method("lora", {}, 4, {"name": "o", "reduction": "mean"})
 
 
-@pytest.mark.parametrize("kind, weight", [("o", 0.1), ("d", 0.1), ("n", 0.0)])
-def test_config_group_composes(kind, weight):
+@pytest.mark.parametrize("kind", ["o", "d", "n"])
+def test_config_group_composes(kind):
     cfg = compose([f"mpc={kind}", "method=trilora"])
-    method = build_method("trilora", {}, 4, OmegaConf.to_container(cfg.mpc))
-    assert method.mpc.name == kind and method.mpc.weight == weight
+    method = build_method("trilora", {}, 4, OmegaConf.to_container(cfg.mpc, resolve=True))
+    assert method.mpc.name == kind and method.mpc.weight == float(cfg.mpc.weight)
+    assert (method.mpc.weight > 0) == (kind != "n") and method.mpc.reduction == "mean_norm"
+
+
+@pytest.mark.parametrize("kind", ["o", "d"])
+def test_sum_squared_is_selectable_from_the_command_line(kind):
+    cfg = compose([f"mpc={kind}", "mpc.reduction=sum_squared", "method=lora"])
+    assert build_method("lora", {}, 4, OmegaConf.to_container(cfg.mpc, resolve=True)).mpc.reduction == "sum_squared"
 
 
 @pytest.mark.parametrize("method_name", ["lora", "trilora", "adalora", "flora"])

@@ -109,11 +109,9 @@ class LowRankMethod(LinearMethod):
         return {name: m for name, m in model.named_modules() if isinstance(m, LowRankLinear)}
 
     def regularizers(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """MPC_o / MPC_d: the weighted pattern penalty summed over all adapted modules."""
-        terms = [self.mpc.penalty(m.lora_A, m.lora_B) for m in self.low_rank_modules(model).values()]
-        if not terms or terms[0] is None:
-            return {}
-        return {f"mpc_{self.mpc.name}": torch.stack(terms).sum()}
+        """MPC_o / MPC_d: the weighted pattern loss over all adapted modules (reduced by ``mpc.reduction``)."""
+        term = self.mpc.loss([(m.lora_A, m.lora_B) for m in self.low_rank_modules(model).values()])
+        return {} if term is None else {f"mpc_{self.mpc.name}": term}
 
     @torch.no_grad()
     def summary(self, model: nn.Module) -> dict[str, Any]:
@@ -124,7 +122,7 @@ class LowRankMethod(LinearMethod):
             return {}
 
         def mean(values: list[torch.Tensor]) -> float:
-            return round(float(torch.stack(values).sqrt().mean()), 6)
+            return round(float(torch.stack(values).mean()), 6)
 
         return {"mpc": self.mpc.name, "pattern_errors": {
             "A_rows_orthonormal": mean([orthonormal_error(gram_rows(m.lora_A.float())) for m in modules]),
