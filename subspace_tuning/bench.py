@@ -275,7 +275,8 @@ def build_peft(name: str, ours: Row, base: nn.Module, shared: set[int]) -> Row:
         model = peft.get_peft_model(model, config)
         row.setup_s = time.perf_counter() - start
         if name == "adalora":
-            row.after_step = lambda step: row.model.base_model.update_and_allocate(step)
+            # PEFT counts its global step from 0, our loop from 1
+            row.after_step = lambda step: row.model.base_model.update_and_allocate(step - 1)
         finish_row(row, model, shared)
     except Exception as err:
         row.fail("setup", err)

@@ -60,7 +60,7 @@ def test_adalora_matches_peft(tiny_name):
         theirs.lora_B["default"].copy_(mine.lora_B)  # P
         theirs.lora_E["default"].copy_(mine.lora_E[:, None])  # lambda
 
-    # PEFT's scaling is lora_alpha / (initial rank + 1e-5); ours alpha / current rank: equal at full rank
+    # PEFT's scaling is lora_alpha / (initial rank + 1e-5); ours alpha / initial rank
     compare_with_peft(tiny_name, "adalora", {"alpha": 16.0},
                       lambda names: peft.AdaLoraConfig(init_r=RANK, target_r=2, lora_alpha=16, total_step=100,
                                                        tinit=10, tfinal=10, target_modules=names), copy_into)

@@ -78,7 +78,8 @@ def test_train_py_writes_metrics(tmp_path):
                                f"data.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     # QUICK's command-line settings outside the readable path name a variant folder before the seed
-    (folder,) = (p.parent for p in tmp_path.glob("default/tiny-roberta/toy-sentiment/lora/r2/mpc-none/*/seed0/metrics.json"))
+    (record,) = tmp_path.glob("default/tiny-roberta/toy-sentiment/lora/r2/mpc-none/*/seed0/metrics.json")
+    folder = record.parent
     assert folder.parent.name == "train.eval_batch_size=200,train.max_steps=4"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["best"]["scores"]["accuracy"] >= 0
