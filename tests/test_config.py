@@ -83,3 +83,19 @@ def test_paper_models_carry_their_dimensions():
     for name, (hidden, layers) in dims.items():
         arch = compose([f"model={name}"]).model.arch
         assert (arch.hidden_size, arch.num_hidden_layers) == (hidden, layers)
+
+
+@pytest.mark.parametrize("task", ["mnli", "sst2", "cola", "qqp", "qnli", "rte", "mrpc", "stsb"])
+def test_protocol_fractions_give_the_scripts_step_counts_on_the_full_data(task):
+    from subspace_tuning.config import steps_of
+
+    cfg = compose([f"task={task}", "method=adalora"])
+    total, scripts = cfg.protocol.reference_steps, cfg.task.scripts
+    assert total == -(-cfg.task.train_size // 32) * cfg.task.epochs
+    warmup = scripts.warmup_steps if scripts.warmup_steps is not None else scripts.warmup_ratio * total
+    assert round(cfg.optim.warmup_ratio * total) == round(warmup)
+    assert steps_of(cfg.train.eval_steps, total) == scripts.eval_steps
+    assert [steps_of(cfg.method[k], total) for k in ("tinit", "tfinal", "deltaT")] == \
+        [scripts.adalora.tinit, scripts.adalora.tfinal, scripts.adalora.deltaT]
+    # a run on an eighth of the data keeps the proportions instead of outlasting the run
+    assert abs(steps_of(cfg.train.eval_steps, total // 8) - max(1, scripts.eval_steps / 8)) <= 1
