@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .config import CONF_DIR, method_options, register_resolvers, steps_of
 from .errors import SubspaceTuningError, TrainingDiverged
-from .resume import claim_folder, config_fingerprint, data_digest, read_record, variant
+from .resume import claim_folder, completed_metrics, config_fingerprint, data_digest, read_record, variant
 from .runio import (
     atomic_write,
     atomic_write_json,
@@ -377,7 +377,7 @@ def train_or_skip(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     cfg = validate_settings(cfg)
     ensure_writable_dir(folder)
     if not is_main_process():  # data-parallel: the main process owns the folder, the others follow it
-        return train(cfg, folder)
+        return completed_metrics(folder, config_fingerprint(cfg)) or train(cfg, folder)
     lock_path = folder.with_name(folder.name + LOCK_SUFFIX)
     try:
         with FileLock(lock_path, timeout=0):
