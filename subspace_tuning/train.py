@@ -16,10 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .checkpoint import CHECKPOINT, read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from .config import CONF_DIR, method_options, register_resolvers, steps_of
 from .errors import SubspaceTuningError, TrainingDiverged
 from .resume import claim_folder, completed_metrics, config_fingerprint, data_digest, read_record, variant
 from .runio import (
-    atomic_write,
     atomic_write_json,
     atomic_write_text,
     git_commit,
@@ -42,9 +41,9 @@ from .runio import (
     peak_memory_mb,
     save_tensors,
 )
+from .step import StepResult, training_step
 
 log = logging.getLogger("subspace_tuning")
-CHECKPOINT = "checkpoint.pt"
 LOCK_SUFFIX = ".lock"
 
 
@@ -145,43 +144,6 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_ste
     return get_linear_schedule_with_warmup(optimizer, min(warmup, total_steps), total_steps)
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every RNG as tensors and plain values, so that a checkpoint loads with ``weights_only=True``."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
-            "torch": torch.get_rng_state(), "data_order": generator.get_state()}
-
-
-def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    random.setstate(state["python"])
-    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["data_order"])
-
-
-def read_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint's state if it belongs to this configuration, else None.
-
-    Loaded with ``weights_only=True``: tensors and plain data only, so a crafted file cannot run code. A file that
-    cannot be read that way (corrupt, truncated, or holding anything else) is moved aside to ``<name>.corrupt``
-    with a warning and the run starts again."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str):
-            raise ValueError("not a checkpoint of this runner")
-    except Exception as err:  # noqa: BLE001 - whatever the reason, the file is not a usable checkpoint
-        aside = path.with_name(path.name + ".corrupt")
-        path.replace(aside)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        log.warning("%s could not be read as a checkpoint (%s); it was moved to %s and the run starts again",
-                    path, reason[:200], aside)
-        return None
-    return state if state["fingerprint"] == fingerprint else None
-
-
 def check_finite_parameters(model: nn.Module, step: int) -> None:
     """A model with a non-finite trained value is not a result."""
     for name, param in model.named_parameters():
@@ -199,169 +161,214 @@ class Progress:
     train_time: float = 0.0  # seconds spent in training steps (not evaluation)
 
 
-# --- the recipe ---------------------------------------------------------------------------------
-def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
-    """Train one configuration and record it in ``folder``. Returns the final metrics."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+@dataclass
+class Running:
+    """Sums over the epoch so far, for the logged averages (device tensors: read once per log or evaluation)."""
 
-    from .architectures import head_parameter_names
-    from .data import build_dataloaders
-    from .methods import build_method
-    from .metrics import check_metrics
-    from .models import build_model, load_tokenizer
-    from .params import count_parameters
+    loss: torch.Tensor | float = 0.0
+    regularizers: dict[str, torch.Tensor] = field(default_factory=dict)
+    steps: int = 0
 
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per process for
-    # every optimizer step, while total_steps here counts optimizer steps (data-parallel runs would decay the
-    # learning rate num_processes times too fast)
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=bool(cfg.train.cpu),
-                              step_scheduler_with_optimizer=False)
-    fingerprint = config_fingerprint(cfg)
-    run = Run(folder, cfg, fingerprint, accelerator.is_main_process)
-    run.write_config()
-    start = time.perf_counter()
-    try:
+    def add(self, result: StepResult) -> None:
+        self.loss = self.loss + result.task_loss.double()
+        for name, value in result.regularizers.items():
+            self.regularizers[name] = self.regularizers.get(name, 0.0) + value.double()
+        self.steps += 1
+
+    def means(self) -> tuple[float, dict[str, float]]:
+        n = max(self.steps, 1)
+        return float(self.loss) / n, {k: float(v) / n for k, v in self.regularizers.items()}
+
+
+# --- the recipe: set-up, resume, train, evaluate, checkpoint, finish ------------------------------
+class Recipe:
+    """Fine-tune one configuration into one run folder; ``run()`` goes through the phases in order."""
+
+    def __init__(self, cfg: DictConfig, folder: Path) -> None:
+        self.cfg, self.folder = cfg, folder
+        self.fingerprint = config_fingerprint(cfg)
+        self.progress = Progress()
+
+    # --- set-up -----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Accelerator, run record, method, data, model, optimizer and schedule."""
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from .architectures import head_parameter_names
+        from .data import build_dataloaders
+        from .methods import build_method
+        from .metrics import check_metrics
+        from .models import build_model, load_tokenizer
+        from .params import count_parameters
+
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(int(cfg.train.threads))
+        # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per process for
+        # every optimizer step, while total_steps counts optimizer steps (data-parallel runs would decay the
+        # learning rate num_processes times too fast)
+        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=bool(cfg.train.cpu),
+                                       step_scheduler_with_optimizer=False)
+        self.run = Run(self.folder, cfg, self.fingerprint, self.accelerator.is_main_process)
+        self.run.write_config()
         check_metrics(cfg.task.metrics)
-        method = build_method(cfg.method.name, method_options(cfg), cfg.rank, OmegaConf.to_container(cfg.mpc))
-        run.update(rank=method.rank)  # rank-free methods are recorded without one
+        self.method = build_method(cfg.method.name, method_options(cfg), cfg.rank, OmegaConf.to_container(cfg.mpc))
+        self.run.update(rank=self.method.rank)  # rank-free methods are recorded without one
         set_seed(int(cfg.seed))
         tokenizer = load_tokenizer(cfg.model)
         train_loader, eval_loaders = build_dataloaders(cfg, tokenizer)
         model = build_model(cfg.model, int(cfg.task.num_labels), tokenizer)
         total = sum(p.numel() for p in model.parameters())
-        method.apply(model)
-        counts = count_parameters(model, method, total)
+        self.method.apply(model)
+        counts = count_parameters(model, self.method, total)
         log.info(trainable_summary(counts))
-        run.update(parameters=counts)
+        self.run.update(parameters=counts)
 
         optimizer = build_optimizer(cfg.optim, model, head_parameter_names(model))
-        steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
-        total_steps = int(cfg.train.epochs) * steps_per_epoch
+        self.steps_per_epoch = math.ceil(len(train_loader) / self.accelerator.num_processes)
+        self.total_steps = int(cfg.train.epochs) * self.steps_per_epoch
         if cfg.train.max_steps is not None:
-            total_steps = min(total_steps, int(cfg.train.max_steps))
-        scheduler = build_scheduler(cfg.optim, optimizer, total_steps)
-        eval_every = steps_of(cfg.train.eval_steps, total_steps)
-        data_order = train_loader.generator
-        model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-        eval_loaders = {split: accelerator.prepare(loader) for split, loader in eval_loaders.items()}
-        raw_model = accelerator.unwrap_model(model)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        metric_names = list(cfg.task.metrics)
-        progress = Progress()
+            self.total_steps = min(self.total_steps, int(cfg.train.max_steps))
+        scheduler = build_scheduler(cfg.optim, optimizer, self.total_steps)
+        self.eval_every = steps_of(cfg.train.eval_steps, self.total_steps)
+        self.data_order = train_loader.generator
+        self.model, self.optimizer, self.train_loader, self.scheduler = self.accelerator.prepare(
+            model, optimizer, train_loader, scheduler)
+        self.eval_loaders = {split: self.accelerator.prepare(loader) for split, loader in eval_loaders.items()}
+        self.raw_model = self.accelerator.unwrap_model(self.model)
+        self.checkpoint_path = self.folder / CHECKPOINT
 
-        checkpoint_path = folder / CHECKPOINT
-        state = read_checkpoint(checkpoint_path, fingerprint) if cfg.train.checkpoint else None
-        if state is not None:
-            method.load_state_dict(raw_model, state["trained"])
-            method.load_checkpoint_state(raw_model, state["method"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"], data_order)
-            progress = Progress(**state["progress"])
-            run.metrics.update(state["metrics"], status="running")
-            log.info("resuming from %s after epoch %d (step %d)", checkpoint_path, progress.epoch, progress.step)
-        else:
-            run.metrics.update(best=None, last=None, history=[])  # starting over: earlier records are superseded
+    # --- resume -----------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from the epoch checkpoint of this configuration, if there is one."""
+        state = read_checkpoint(self.checkpoint_path, self.fingerprint) if self.cfg.train.checkpoint else None
+        if state is None:
+            self.run.metrics.update(best=None, last=None, history=[])  # starting over: earlier records superseded
+            return
+        self.method.load_state_dict(self.raw_model, state["trained"])
+        self.method.load_checkpoint_state(self.raw_model, state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], self.data_order)
+        self.progress = Progress(**state["progress"])
+        self.run.metrics.update(state["metrics"], status="running")
+        log.info("resuming from %s after epoch %d (step %d)", self.checkpoint_path, self.progress.epoch,
+                 self.progress.step)
 
-        def evaluate_all(step: int, train_loss: float, regs: dict[str, float]) -> None:
-            check_finite_parameters(raw_model, step)
-            scores: dict[str, float] = {}
-            for i, (split, loader) in enumerate(eval_loaders.items()):
-                split_scores = evaluate(model, loader, metric_names, accelerator)
-                scores.update(zip(score_names(split, i == 0, metric_names), split_scores.values(), strict=True))
-            bad = [name for name, value in scores.items() if not math.isfinite(value)]
-            if bad:
-                raise TrainingDiverged(f"the evaluation score {bad[0]} is {scores[bad[0]]} at step {step}; the model "
-                                       "predicts non-finite values (try a lower optim.lr)")
-            record = {"epoch": round(step / steps_per_epoch, 4), "step": step, "train_loss": train_loss,
-                      "regularizers": regs, "lr": scheduler.get_last_lr()[0], "scores": scores,
-                      "elapsed_s": round(progress.train_time, 2)}
-            run.log_eval(record)
-            tqdm.write(f"eval epoch {record['epoch']:.2f} step {step}: "
-                       + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    # --- train ------------------------------------------------------------------------------------
+    def unfinished(self) -> bool:
+        return self.progress.epoch < int(self.cfg.train.epochs) and self.progress.step < self.total_steps
 
-        def save_checkpoint() -> None:
-            if not (cfg.train.checkpoint and accelerator.is_main_process):
-                return
-            state = {"fingerprint": fingerprint, "trained": method.state_dict(raw_model),
-                     "method": method.checkpoint_state(raw_model), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "rng": rng_state(data_order),
-                     "progress": vars(progress), "metrics": {k: run.metrics[k] for k in ("best", "last", "history")}}
-            atomic_write(checkpoint_path, lambda handle: torch.save(state, handle))
-
-        bar = tqdm(total=total_steps, initial=progress.step, desc=f"{cfg.method.name} {cfg.task.name}", unit="step",
-                   disable=not (cfg.train.progress and accelerator.is_local_main_process), dynamic_ncols=True)
-        def unfinished() -> bool:
-            return progress.epoch < int(cfg.train.epochs) and progress.step < total_steps
-
-        model.train()
-        while unfinished():
-            tick = time.perf_counter()
-            loss_sum, reg_sums, n = 0.0, {}, 0
-            for batch in train_loader:
-                task_loss = model(**batch).loss
-                regs = method.regularizers(raw_model)
-                loss = task_loss + sum(regs.values()) if regs else task_loss
-                where = f"at step {progress.step + 1} (epoch {progress.epoch + 1})"
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"the loss became {loss.item()} {where}; try a lower optim.lr "
-                                           f"(now {cfg.optim.lr})")
-                accelerator.backward(loss)
-                grad_norm = accelerator.clip_grad_norm_(trainable, float(cfg.optim.max_grad_norm or math.inf))
-                if grad_norm is not None and not torch.isfinite(grad_norm):
-                    raise TrainingDiverged(f"the gradient norm became {float(grad_norm)} {where}; try a lower "
-                                           f"optim.lr (now {cfg.optim.lr}) or mixed_precision=no")
-                lr = scheduler.get_last_lr()[0]
-                if not math.isfinite(lr):
-                    raise TrainingDiverged(f"the learning rate became {lr} {where}")
-                optimizer.step()
-                scheduler.step()
+    def train(self) -> None:
+        """Epochs of optimizer steps, evaluating every ``eval_every`` steps and at every epoch end."""
+        cfg, progress = self.cfg, self.progress
+        bar = tqdm(total=self.total_steps, initial=progress.step, desc=f"{cfg.method.name} {cfg.task.name}",
+                   unit="step", dynamic_ncols=True,
+                   disable=not (cfg.train.progress and self.accelerator.is_local_main_process))
+        max_grad_norm = float(cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm else None
+        self.model.train()
+        while self.unfinished():
+            tick, running = time.perf_counter(), Running()
+            for batch in self.train_loader:
+                result = training_step(self.model, self.method, batch, self.optimizer, progress.step + 1,
+                                       self.total_steps, raw_model=self.raw_model, scheduler=self.scheduler,
+                                       max_grad_norm=max_grad_norm, backward=self.accelerator.backward,
+                                       clip_grad_norm=self.accelerator.clip_grad_norm_)
                 progress.step += 1
-                method.after_optimizer_step(raw_model, progress.step, total_steps)  # gradients still there
-                optimizer.zero_grad(set_to_none=True)
-
-                loss_sum, n = loss_sum + task_loss.item(), n + 1
-                for name, value in regs.items():
-                    reg_sums[name] = reg_sums.get(name, 0.0) + value.item()
+                running.add(result)
                 bar.update(1)
                 if progress.step % int(cfg.train.log_every) == 0:
-                    bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                at_end = progress.step >= total_steps
-                if eval_every and progress.step % eval_every == 0 and not at_end:
+                    bar.set_postfix(loss=f"{running.means()[0]:.4f}", lr=f"{self.current_lr():.2e}")
+                at_end = progress.step >= self.total_steps
+                if self.eval_every and progress.step % self.eval_every == 0 and not at_end:
                     progress.train_time += time.perf_counter() - tick
-                    evaluate_all(progress.step, loss_sum / n, {k: v / n for k, v in reg_sums.items()})
+                    self.evaluate(*running.means())
                     tick = time.perf_counter()
                 if at_end:
                     break
             progress.train_time += time.perf_counter() - tick
             progress.epoch += 1
-            n = max(n, 1)
-            evaluate_all(progress.step, loss_sum / n, {k: v / n for k, v in reg_sums.items()})
-            if unfinished():
-                save_checkpoint()  # not after the last epoch: metrics.json, written next, holds the result
+            self.evaluate(*running.means())
+            if self.unfinished():
+                self.save_checkpoint()  # not after the last epoch: metrics.json, written next, holds the result
         bar.close()
 
-        if cfg.train.save_trained and accelerator.is_main_process:
-            save_tensors(folder / "trained.safetensors", method.state_dict(raw_model),
-                         metadata={"method": cfg.method.name, "rank": str(method.rank)})
-        run.update(status="completed", steps=progress.step, wall_time_s=round(time.perf_counter() - start, 2),
+    def current_lr(self) -> float:
+        lr = self.scheduler.get_last_lr()[0]
+        if not math.isfinite(lr):
+            raise TrainingDiverged(f"the learning rate became {lr} at step {self.progress.step}")
+        return lr
+
+    # --- evaluate ---------------------------------------------------------------------------------
+    def evaluate(self, train_loss: float, regularizers: dict[str, float]) -> None:
+        """Score every evaluation split and record it (a non-finite model or score fails the run)."""
+        step = self.progress.step
+        check_finite_parameters(self.raw_model, step)
+        metric_names = list(self.cfg.task.metrics)
+        scores: dict[str, float] = {}
+        for i, (split, loader) in enumerate(self.eval_loaders.items()):
+            split_scores = evaluate(self.model, loader, metric_names, self.accelerator)
+            scores.update(zip(score_names(split, i == 0, metric_names), split_scores.values(), strict=True))
+        bad = [name for name, value in scores.items() if not math.isfinite(value)]
+        if bad:
+            raise TrainingDiverged(f"the evaluation score {bad[0]} is {scores[bad[0]]} at step {step}; the model "
+                                   "predicts non-finite values (try a lower optim.lr)")
+        record = {"epoch": round(step / self.steps_per_epoch, 4), "step": step, "train_loss": train_loss,
+                  "regularizers": regularizers, "lr": self.current_lr(), "scores": scores,
+                  "elapsed_s": round(self.progress.train_time, 2)}
+        self.run.log_eval(record)
+        tqdm.write(f"eval epoch {record['epoch']:.2f} step {step}: "
+                   + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+    # --- checkpoint -------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if not (self.cfg.train.checkpoint and self.accelerator.is_main_process):
+            return
+        run = self.run
+        write_checkpoint(self.checkpoint_path, {
+            "fingerprint": self.fingerprint, "trained": self.method.state_dict(self.raw_model),
+            "method": self.method.checkpoint_state(self.raw_model), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": rng_state(self.data_order),
+            "progress": vars(self.progress), "metrics": {k: run.metrics[k] for k in ("best", "last", "history")}})
+
+    # --- finish -----------------------------------------------------------------------------------
+    def finish(self, wall_time_s: float) -> dict[str, Any]:
+        """Save the trained parameters, mark the run completed and drop the checkpoint."""
+        progress, run, main = self.progress, self.run, self.accelerator.is_main_process
+        if self.cfg.train.save_trained and main:
+            save_tensors(self.folder / "trained.safetensors", self.method.state_dict(self.raw_model),
+                         metadata={"method": self.cfg.method.name, "rank": str(self.method.rank)})
+        run.update(status="completed", steps=progress.step, wall_time_s=round(wall_time_s, 2),
                    train_time_s=round(progress.train_time, 2),
                    train_steps_per_s=round(progress.step / max(progress.train_time, 1e-9), 4),
-                   memory=peak_memory_mb(accelerator.device), method_summary=method.summary(raw_model))
-        if accelerator.is_main_process:
-            checkpoint_path.unlink(missing_ok=True)  # the run is complete: its result is in metrics.json
+                   memory=peak_memory_mb(self.accelerator.device), method_summary=self.method.summary(self.raw_model))
+        if main:
+            self.checkpoint_path.unlink(missing_ok=True)  # the run is complete: its result is in metrics.json
         headline = run.metrics["metric"]
         log.info("done: best %s %.4f (epoch %s), last %.4f; results in %s", headline,
                  run.metrics["best"]["scores"][headline], run.metrics["best"]["epoch"],
-                 run.metrics["last"]["scores"][headline], folder)
+                 run.metrics["last"]["scores"][headline], self.folder)
         return run.metrics
-    except BaseException as err:  # whatever stops the run, metrics.json says so (Ctrl-C included)
-        run.update(status="failed", error=str(err) or repr(err), error_type=type(err).__name__,
-                   wall_time_s=round(time.perf_counter() - start, 2))
-        raise
+
+    # --- all phases, with the failure record ------------------------------------------------------
+    def run_all(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        try:
+            self.setup()
+            self.resume()
+            self.train()
+            return self.finish(time.perf_counter() - start)
+        except BaseException as err:  # whatever stops the run, metrics.json says so (Ctrl-C included)
+            if hasattr(self, "run"):
+                self.run.update(status="failed", error=str(err) or repr(err), error_type=type(err).__name__,
+                                wall_time_s=round(time.perf_counter() - start, 2))
+            raise
+
+
+def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
+    """Train one configuration and record it in ``folder``. Returns the final metrics."""
+    return Recipe(cfg, folder).run_all()
 
 
 def train_or_skip(cfg: DictConfig, folder: Path) -> dict[str, Any]:
