@@ -213,7 +213,8 @@ class Recipe:
         self.run = Run(self.folder, cfg, self.fingerprint, self.accelerator.is_main_process)
         self.run.write_config()
         check_metrics(cfg.task.metrics)
-        self.method = build_method(cfg.method.name, method_options(cfg), cfg.rank, OmegaConf.to_container(cfg.mpc))
+        self.method = build_method(cfg.method.name, method_options(cfg), cfg.rank,
+                                   OmegaConf.to_container(cfg.mpc, resolve=True))
         self.run.update(rank=self.method.rank)  # rank-free methods are recorded without one
         set_seed(int(cfg.seed))
         tokenizer = load_tokenizer(cfg.model)

@@ -108,3 +108,10 @@ def test_mnli_evaluates_matched_and_mismatched(tmp_path):
     metrics = run_in_process(tmp_path, ["task=mnli", f"task.data_dir={tmp_path / 'glue'}", "method=lora",
                                         "train.max_steps=1", "train.batch_size=8"])
     assert set(metrics["last"]["scores"]) == {"accuracy", "validation_mismatched/accuracy"}
+
+
+def test_mpc_term_is_logged_apart_from_the_task_loss(tmp_path):
+    # the constraint's weight comes from the protocol by interpolation: it must reach the run resolved
+    metrics = run_in_process(tmp_path, ["method=lora", "mpc=o", "train.max_steps=2", "train.batch_size=8"])
+    (record,) = metrics["history"]
+    assert set(record["regularizers"]) == {"mpc_o"} and record["regularizers"]["mpc_o"] > 0
