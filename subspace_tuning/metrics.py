@@ -31,7 +31,6 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "pearson": _correlation(pearsonr),
     "spearman": _correlation(spearmanr),
 }
-REGRESSION_METRICS = {"pearson", "spearman"}
 
 
 def check_metrics(names: Sequence[str]) -> None:
