@@ -249,6 +249,19 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _judge(cfg: DictConfig, key: str, check: Check, required: bool) -> tuple[str | None, Any]:
+    """(the problem with ``key``, or None; the value to write back when it was given in another form, else _ABSENT)."""
+    value, unreadable = _read(cfg, key)
+    if unreadable:
+        return unreadable, _ABSENT
+    if value is _ABSENT:
+        return (f"{key} is missing: {check(None)[1] or 'it must be set'}" if required else None), _ABSENT
+    read, why = check(value)
+    if why:
+        return f"{key}={shown(value)} is not allowed: {why}", _ABSENT
+    return None, (_ABSENT if _same(read, value) else read)
+
+
 def validate_settings(cfg: DictConfig) -> DictConfig:
     """Check every setting of a run; raise one ConfigError (one paragraph) naming each bad one.
 
@@ -258,28 +271,17 @@ def validate_settings(cfg: DictConfig) -> DictConfig:
     """
     problems: list[str] = []
     rewrites: dict[str, Any] = {}
-
-    def judge(key: str, check: Check, required: bool) -> None:
-        value, unreadable = _read(cfg, key)
-        if unreadable:
-            problems.append(unreadable)
-        elif value is _ABSENT:
-            if required:
-                problems.append(f"{key} is missing: {check(None)[1] or 'it must be set'}")
-        else:
-            read, why = check(value)
-            if why:
-                problems.append(f"{key}={shown(value)} is not allowed: {why}")
-            elif not _same(read, value):
-                rewrites[key] = read
-
-    for key, check, required in RULES:
-        judge(key, check, required)
     # data.max_length defaults to task.max_length (conf/config.yaml); its upper limit comes from the model
     length_key = "data.max_length"
     if OmegaConf.select(cfg, length_key, default=_ABSENT, throw_on_resolution_failure=False) is _ABSENT:
         length_key = "task.max_length"
-    judge(length_key, lambda value: _check_max_length(cfg, value), True)
+    rules = [*RULES, (length_key, lambda value: _check_max_length(cfg, value), True)]
+    for key, check, required in rules:
+        problem, read = _judge(cfg, key, check, required)
+        if problem:
+            problems.append(problem)
+        elif read is not _ABSENT:
+            rewrites[key] = read
     if problems:
         raise ConfigError(". ".join(problems) + ".")
     if rewrites:
