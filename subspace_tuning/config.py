@@ -10,18 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def rank_tag(method_name: str, rank: int | None) -> str:
-    """Folder name of the rank level: 'r8', or 'no-rank' for methods the rank setting does not apply to."""
-    from .errors import SubspaceTuningError
-    from .methods import method_class
-
-    try:
-        uses_rank = method_class(method_name).uses_rank
-    except SubspaceTuningError:  # an unknown method is reported by the run itself, with the choices
-        uses_rank = True
-    return f"r{rank}" if uses_rank else "no-rank"
-
-
 def reference_steps(train_size: int, batch_size: int, epochs: int) -> int:
     """Optimizer steps of a full-data run (the run a protocol's step counts were written for)."""
     return math.ceil(int(train_size) / int(batch_size)) * int(epochs)

@@ -73,9 +73,7 @@ def variant_folder(overrides: Iterable[str]) -> str:
 
 def run_folder(model: str, task: str, method: str, rank: Any, mpc: str, seed: Any, overrides: Any = ()) -> str:
     """The run's folder below ``<output_root>/<experiment_name>`` (the ``run_folder`` resolver of conf/config.yaml)."""
-    from .config import rank_tag
-
-    parts = [model, task, method, rank_tag(str(method), rank), f"mpc-{mpc}"]
+    parts = [model, task, method, f"r{rank}" if uses_rank(str(method)) else "no-rank", f"mpc-{mpc}"]
     return "/".join(safe_component(p) for p in parts) + "/" + variant_folder(overrides or ()) \
         + safe_component(f"seed{seed}")
 
