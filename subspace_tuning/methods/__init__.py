@@ -5,8 +5,10 @@
 - ``extension/``: phi(W) = W + s dW, adds a new low-rank subspace (LoRA and its derivatives, adapters).
 - ``combination/``: reconstruct and extend (DoRA, Spectral Adapter, SVDiff).
 
-Adding a method: write one module in the right family folder with a ``@register`` class, and one
-``conf/method/<name>.yaml``. Modules are discovered here, so nothing else needs editing.
+Adding a method: write one module in the right family folder with a ``@register`` class (its catalogue entry:
+``display_name``, ``paper_order``, ``mergeable``, ... on the class), one ``conf/method/<name>.yaml`` (its
+settings' values) and its entry in docs/methods.md. Modules are discovered here, and the tests, the report and the
+parameter table read the registry (``catalogue()``), so nothing else needs editing.
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import REGISTRY, AdaptedLinear, LinearMethod, Method, MethodConfig, build_method, method_class, register
+from .base import (
+    REGISTRY,
+    AdaptedLinear,
+    LinearMethod,
+    Method,
+    MethodConfig,
+    build_method,
+    method_class,
+    register,
+    unregister,
+)
 
 _SUBPACKAGES = ("reconstruction", "extension", "combination")
 
@@ -28,5 +40,11 @@ def load_all() -> None:
             importlib.import_module(f"{package.__name__}.{info.name}")
 
 
-__all__ = ["REGISTRY", "AdaptedLinear", "LinearMethod", "Method", "MethodConfig", "build_method",
-           "load_all", "method_class", "register"]
+def catalogue() -> list[type[Method]]:
+    """Every registered method class, in the paper's table order (``paper_order``, then name)."""
+    load_all()
+    return sorted(REGISTRY.values(), key=lambda cls: (cls.paper_order, cls.name))
+
+
+__all__ = ["REGISTRY", "AdaptedLinear", "LinearMethod", "Method", "MethodConfig", "build_method", "catalogue",
+           "load_all", "method_class", "register", "unregister"]

@@ -94,16 +94,30 @@ class AdaptedLinear(AdapterModule):
 
 
 class Method:
-    """Base class of all methods. Subclasses set the class variables and override ``adapt``."""
+    """Base class of all methods. Subclasses set the class variables and override ``adapt``.
 
-    name: ClassVar[str]
-    family: ClassVar[str]
+    The class variables are the method's catalogue entry (docs/methods.md): tools read them from the registry
+    (``catalogue()``, ``method_class(name)``) instead of keeping their own lists. A registered class must set
+    ``name``, ``family``, ``display_name`` and ``paper_order`` itself (``register`` checks it)."""
+
+    name: ClassVar[str]  # the config name: method=<name>, conf/method/<name>.yaml, the run folder
+    family: ClassVar[str]  # one of FAMILIES: the paper's taxonomy
+    display_name: ClassVar[str]  # as the paper writes it ("LoRA", "(IA)3", "Fully FT")
+    paper_order: ClassVar[int]  # row order in the paper's tables (methods the paper has no row for come last)
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    uses_rank: ClassVar[bool] = True
+    uses_rank: ClassVar[bool] = True  # False: rank-free, the rank group does not apply (one row, "no-rank" folder)
     identity_at_init: ClassVar[bool] = True  # False only where the paper's init is not an identity
+    mergeable: ClassVar[bool] = True  # merge() gives plain nn.Linear weights (MPC_n makes it False at run time)
+    peft_type: ClassVar[str | None] = None  # Hugging Face PEFT's PeftType of the counterpart; None: PEFT has none
     default_targets: ClassVar[tuple[str, ...]] = ALL_LINEAR
     mpc_support: ClassVar[tuple[str, ...]] = ()  # MPC constraints it composes with (methods with A and B)
     mpc: MPC = MPC()  # set by build_method from the mpc group; MPC() = none
+
+    @property
+    def merges(self) -> bool:
+        """Whether this instance's merge() gives plain nn.Linear weights: the class's ``mergeable``, unless MPC_n
+        put a nonlinearity between A and B."""
+        return self.mergeable and not self.mpc.nonlinear
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -204,11 +218,20 @@ REGISTRY: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method selectable as ``method=<cls.name>``."""
+    """Class decorator: make a method selectable as ``method=<cls.name>``. The class must set its own catalogue
+    entry (an inherited display name or paper order would silently describe another method)."""
+    for attr in ("name", "display_name", "paper_order"):
+        assert attr in vars(cls), f"{cls.__name__} must set {attr} itself to be registered"
+    assert isinstance(cls.paper_order, int), f"{cls.__name__}.paper_order must be an int"
     assert cls.family in FAMILIES, f"{cls.__name__}.family must be one of {FAMILIES}"
     assert cls.name not in REGISTRY, f"method {cls.name!r} registered twice"
     REGISTRY[cls.name] = cls
     return cls
+
+
+def unregister(name: str) -> None:
+    """Remove a method from the registry (methods registered at test time clean up after themselves)."""
+    del REGISTRY[name]
 
 
 def method_class(name: str) -> type[Method]:

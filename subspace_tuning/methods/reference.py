@@ -12,6 +12,8 @@ class FullFineTuning(Method):
     """phi(W) = W (every backbone weight is itself trainable); nothing to merge."""
 
     name = "full"
+    display_name = "Fully FT"
+    paper_order = 10
     family = "reference"
     uses_rank = False
 

@@ -70,6 +70,9 @@ class DoRA(LinearMethod):
     """DoRA on all six linear modules of every layer; r comes from the rank group."""
 
     name = "dora"
+    display_name = "DoRA"
+    paper_order = 160
+    peft_type = "LORA"  # with use_dora=True
     family = "combination"
     config_class = DoRAConfig
 

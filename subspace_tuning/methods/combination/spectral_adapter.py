@@ -44,6 +44,8 @@ class SpectralAdapter(SpectralMethod):
     """Spectral Adapter^A on all six linear modules of every layer; r comes from the rank group."""
 
     name = "spectral_adapter"
+    display_name = "Spectral Adapter"
+    paper_order = 190
     family = "combination"
     linear_class = SpectralAdapterLinear
     uses_rank = True

@@ -27,5 +27,7 @@ class SVDiff(SpectralMethod):
     """SVDiff on all six linear modules of every layer: only the spectral shift delta trains."""
 
     name = "svdiff"
+    display_name = "SVDiff"
+    paper_order = 200
     family = "combination"
     linear_class = SVDiffLinear

@@ -99,6 +99,9 @@ class AdaLoRA(LowRankMethod):
     """AdaLoRA on all six linear modules: phi(W) = W + s P diag(lambda) Q with importance-based rank allocation."""
 
     name = "adalora"
+    display_name = "AdaLoRA"
+    paper_order = 140
+    peft_type = "ADALORA"
     config_class = AdaLoRAConfig
     linear_class = AdaLoRALinear
 

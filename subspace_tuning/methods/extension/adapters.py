@@ -49,8 +49,11 @@ class BottleneckAdapterLinear(AdaptedLinear):
 
 
 class BottleneckAdapter(LinearMethod):
+    """A bottleneck adapter on each target projection's output; m = bottleneck_per_rank * r."""
+
     family = "extension"
     config_class = AdapterConfig
+    mergeable = False  # a nonlinearity inside the adapter
 
     def __init__(self, config: AdapterConfig) -> None:
         super().__init__(config)
@@ -66,6 +69,8 @@ class HAdapter(BottleneckAdapter):
     """Houlsby adapters after the attention output projection and after the FFN output projection, m = 4r."""
 
     name = "hadapter"
+    display_name = "HAdapter"
+    paper_order = 90
     default_targets = ("attn_out", "ffn_out")
 
 
@@ -74,5 +79,7 @@ class PAdapter(BottleneckAdapter):
     """One Pfeiffer adapter after the FFN output projection, m = 8r."""
 
     name = "padapter"
+    display_name = "PAdapter"
+    paper_order = 100
     config_class = PAdapterConfig
     default_targets = ("ffn_out",)

@@ -29,4 +29,6 @@ class FLoRA(LowRankMethod):
     """FLoRA on all six linear modules: phi(W) = W + (alpha / r) B G A (r^2 more parameters than LoRA)."""
 
     name = "flora"
+    display_name = "FLoRA"
+    paper_order = 150
     linear_class = FLoRALinear

@@ -140,4 +140,7 @@ class LoRA(LowRankMethod):
     """LoRA on all six linear modules of every layer: phi(W) = W + (alpha / r) B A."""
 
     name = "lora"
+    display_name = "LoRA"
+    paper_order = 120
+    peft_type = "LORA"
     linear_class = LoRALinear

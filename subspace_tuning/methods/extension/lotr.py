@@ -63,6 +63,8 @@ class LoTR(SharedHolderMethod):
     """LoTR on all six linear modules: per kind r (out + in) shared parameters plus r^2 per layer."""
 
     name = "lotr"
+    display_name = "LoTR"
+    paper_order = 180
     config_class = LoTRConfig
     holder_name = "lotr_factors"
 

@@ -29,6 +29,9 @@ class PA(LowRankMethod):
     """Parallel adapter on all six linear modules: y = base(x) + (alpha / r) ReLU(x A^T) B^T."""
 
     name = "pa"
+    display_name = "PA"
+    paper_order = 110
+    mergeable = False  # a ReLU between A and B
     config_class = PAConfig
     linear_class = ParallelAdapterLinear
     mpc_support = ("o", "d")  # it already has MPC_n's nonlinearity

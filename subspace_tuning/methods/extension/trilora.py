@@ -31,4 +31,6 @@ class TriLoRA(LowRankMethod):
     """TriLoRA on all six linear modules: phi(W) = W + (alpha / r) B diag(e) A."""
 
     name = "trilora"
+    display_name = "TriLoRA"
+    paper_order = 130
     linear_class = TriLoRALinear

@@ -65,6 +65,9 @@ class VeRA(SharedHolderMethod):
     """VeRA on all six linear modules: only d (r per module) and b (out per module) train."""
 
     name = "vera"
+    display_name = "VeRA"
+    paper_order = 170
+    peft_type = "VERA"
     config_class = VeRAConfig
     holder_name = "vera_projections"
 

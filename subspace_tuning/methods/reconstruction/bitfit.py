@@ -19,6 +19,8 @@ class BitFit(Method):
     """
 
     name = "bitfit"
+    display_name = "BitFit"
+    paper_order = 60
     family = "reconstruction"
     uses_rank = False
 

@@ -13,4 +13,7 @@ class IA3(ScalingMethod):
     every l starts at 1. Trainable per layer: 2 * hidden + intermediate."""
 
     name = "ia3"
+    display_name = "(IA)3"
+    paper_order = 30
+    peft_type = "IA3"
     sides = {"key": OUT, "value": OUT, "ffn_out": IN}

@@ -172,6 +172,9 @@ class PrefixTuning(VirtualTokenMethod):
     identity at init (the prefixes take part of every attention)."""
 
     name = "prefix_tuning"
+    display_name = "Prefix tuning"
+    paper_order = 80
+    peft_type = "PREFIX_TUNING"
     config_class = PrefixTuningConfig
     adds = "key and value vectors to every attention layer"
 

@@ -114,6 +114,7 @@ class VirtualTokenMethod(Method):
     family = "reconstruction"
     uses_rank = False
     identity_at_init = False
+    mergeable = False  # virtual tokens are not a change of any weight
     adds: str  # what the method adds, for the not-mergeable message
 
     def __init__(self, config: PromptTuningConfig) -> None:
@@ -133,6 +134,9 @@ class PromptTuning(VirtualTokenMethod):
     Trainable: n x embedding size. Not an identity at init (the prompt changes every attention)."""
 
     name = "prompt_tuning"
+    display_name = "Prompt tuning"
+    paper_order = 70
+    peft_type = "PROMPT_TUNING"
     config_class = PromptTuningConfig
     adds = "soft input tokens"
 

@@ -29,5 +29,7 @@ class SamParser(SpectralMethod):
     """SAM-PARSER on all six linear modules of every layer: only the singular values train."""
 
     name = "sam_parser"
+    display_name = "SAM-PARSER"
+    paper_order = 20
     family = "reconstruction"
     linear_class = SamParserLinear

@@ -12,4 +12,6 @@ class SSB(ScalingMethod):
     Trainable per module: in_features + out_features."""
 
     name = "ssb"
+    display_name = "SSB"
+    paper_order = 50
     sides = {"key": BOTH, "value": BOTH, "ffn_in": BOTH}

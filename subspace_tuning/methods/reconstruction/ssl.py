@@ -12,4 +12,6 @@ class SSL(ScalingMethod):
     Trainable per module: in_features."""
 
     name = "ssl"
+    display_name = "SSL"
+    paper_order = 40
     sides = {"key": IN, "value": IN, "ffn_in": IN}
