@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from pathlib import Path
 
@@ -53,7 +55,7 @@ def compose(overrides: list[str] | None = None, return_hydra_config: bool = Fals
 
 
 def method_options(cfg: DictConfig) -> dict:
-    """The method YAML's settings, without its name."""
+    """The composed run's method settings (``cfg.method``, interpolations resolved), without its name."""
     options = OmegaConf.to_container(cfg.method, resolve=True)
     options.pop("name")
     return options
@@ -69,11 +71,24 @@ def model_yaml(model_name: str) -> DictConfig:
     return OmegaConf.load(path)
 
 
+# Outside a composed run the protocol interpolations of a method YAML (AdaLoRA's schedule and alpha) resolve
+# under protocol=simple: one global choice, not a task's scripts (docs/protocol.md).
+DEFAULTS_PROTOCOL = "simple"
+
+
 def method_defaults(method_name: str) -> dict:
-    """The settings of ``conf/method/<method_name>.yaml`` without its name, as a run gets them by default."""
-    path = CONF_DIR / "method" / f"{method_name}.yaml"
-    options = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
-    options.pop("name", None)
-    # values the protocol sets (interpolations, e.g. AdaLoRA's schedule) need a composed run: outside one the
-    # method's own defaults apply
-    return {k: v for k, v in options.items() if not (isinstance(v, str) and v.startswith("${"))}
+    """The settings of ``conf/method/<method_name>.yaml`` without its name, composed as a run composes them, with
+    the protocol's interpolations under ``DEFAULTS_PROTOCOL``: the one source of a method's default values, for
+    tools that build a method outside a composed run (params, bench, tests). A copy; composed once per name."""
+    return copy.deepcopy(_method_defaults(str(CONF_DIR), method_name))
+
+
+@functools.cache
+def _method_defaults(conf_dir: str, method_name: str) -> dict:
+    from .errors import ConfigError, choices_message
+
+    if not (Path(conf_dir) / "method" / f"{method_name}.yaml").is_file():
+        choices = sorted(p.stem for p in (Path(conf_dir) / "method").glob("*.yaml"))
+        raise ConfigError(f"{choices_message('method', method_name, choices)} (a method's settings live in "
+                          f"{Path(conf_dir) / 'method'}/<name>.yaml)")
+    return method_options(compose([f"method={method_name}", f"protocol={DEFAULTS_PROTOCOL}"]))

@@ -29,12 +29,19 @@ from .mpc import MPC
 FAMILIES = ("reference", "reconstruction", "extension", "combination")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MethodConfig:
-    """Settings every method shares. ``rank`` comes from the ``rank`` config group."""
+    """A method's settings: the field types only. The values live in ``conf/method/<name>.yaml``, one key per
+    field (``build_method`` fills missing ones from there); ``rank`` is the run's ``rank`` (None if rank-free)."""
 
-    rank: int | None = None
-    targets: list[str] | None = None  # module kinds; None = the method's default placement
+    rank: int | None
+
+
+@dataclass(kw_only=True)
+class LinearConfig(MethodConfig):
+    """Settings of a method that adapts linear modules."""
+
+    targets: list[str] | None  # module kinds (architectures.ALL_LINEAR); None = the method's default placement
 
 
 class AdapterModule(nn.Module):
@@ -125,7 +132,7 @@ class Method:
             if not isinstance(config.rank, int) or isinstance(config.rank, bool) or config.rank <= 0:
                 raise ConfigError(f"method {self.name!r} needs a rank >= 1, got {config.rank!r} "
                                   "(set rank=<n>)")
-        self.target_kinds = tuple(config.targets) if config.targets else self.default_targets
+        self.target_kinds = self.default_targets
 
     @property
     def rank(self) -> int | None:
@@ -197,6 +204,13 @@ class Method:
 class LinearMethod(Method):
     """A method that replaces each target ``nn.Linear`` by an ``AdaptedLinear``."""
 
+    config_class = LinearConfig
+
+    def __init__(self, config: LinearConfig) -> None:
+        super().__init__(config)
+        if config.targets:
+            self.target_kinds = tuple(config.targets)
+
     def adapt(self, model: nn.Module) -> None:
         for target in self.targets(model):
             linear = model.get_submodule(target.name)
@@ -243,10 +257,12 @@ def method_class(name: str) -> type[Method]:
     return REGISTRY[name]
 
 
-def build_method(name: str, options: dict[str, Any], rank: int | None = None,
+def build_method(name: str, options: dict[str, Any] | None = None, rank: int | None = None,
                  mpc: dict[str, Any] | None = None) -> Method:
-    """Instantiate a method from its YAML settings (``options``), the run's rank and the
-    mpc group's settings (``{"name": "none"}`` or absent = no matrix pattern constraint)."""
+    """Instantiate a method from its settings (``options``), the run's rank and the mpc group's settings
+    (``{"name": "none"}`` or absent = no matrix pattern constraint). Settings missing from ``options`` take the
+    values of ``conf/method/<name>.yaml`` (``config.method_defaults``), so ``build_method("lora", {}, 8)`` is the
+    default LoRA; a composed run passes all of them."""
     cls = method_class(name)
     constraint = MPC.from_config(mpc)
     if constraint.active and constraint.name not in cls.mpc_support:
@@ -255,13 +271,20 @@ def build_method(name: str, options: dict[str, Any], rank: int | None = None,
                else f"it supports only mpc={'|'.join(cls.mpc_support)}")
         raise ConfigError(f"mpc={constraint.name} does not apply to method {name!r}: {why}. "
                           f"Use mpc=none, or one of the methods {', '.join(with_ab)}")
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    options = dict(options or {})
+    fields = {f.name for f in dataclasses.fields(cls.config_class)} - {"rank"}
     unknown = set(options) - fields
     if unknown:
         raise ConfigError(f"method {name!r} has no setting {sorted(unknown)[0]!r}; "
-                          f"its settings are: {', '.join(sorted(fields - {'rank'}))}")
+                          f"its settings are: {', '.join(sorted(fields)) or 'none'}")
+    if fields - set(options):  # composing costs a fraction of a second: only when something is missing
+        from ..config import method_defaults
+
+        options = {**method_defaults(name), **options}
+        if set(options) != fields:
+            raise ConfigError(f"conf/method/{name}.yaml does not match the settings of method {name!r}: it lacks "
+                              f"{sorted(fields - set(options))} and has no such settings as "
+                              f"{sorted(set(options) - fields)}; every setting has its value in that file")
     method = cls(cls.config_class(**options, rank=rank if cls.uses_rank else None))
     method.mpc = constraint
     return method
-
-

@@ -13,9 +13,9 @@ from ..base import AdaptedLinear, LinearMethod, register
 from ..extension.lora import LoRAConfig
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DoRAConfig(LoRAConfig):
-    detach_norm: bool = True  # treat ||W + sBA|| as a constant in backward (DoRA section 4.3)
+    detach_norm: bool  # treat ||W + sBA|| as a constant in backward (DoRA section 4.3)
 
 
 class DoRALinear(AdaptedLinear):

@@ -46,16 +46,16 @@ MASKINGS = ("at_allocation", "every_step")
 SCORED = ("lora_A", "lora_B", "lora_E")  # Q, P, lambda
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AdaLoRAConfig(LoRAConfig):
-    target_r: int | None = None  # average final rank per module; None = round(2 r / 3) (scripts start at 1.5x target)
-    tinit: float = 0.15  # warmup at full rank before allocating: steps if >= 1, else a fraction of the total steps
-    tfinal: float = 0.5  # final fine-tuning with the mask fixed: steps if >= 1, else a fraction of the total steps
-    deltaT: float = 10  # allocate every deltaT steps while the budget decreases: steps if >= 1, else a fraction
-    beta1: float = 0.85  # smoothing of the sensitivity (AdaLoRA's GLUE scripts)
-    beta2: float = 0.85  # smoothing of the uncertainty
-    scaling: str = "initial_rank"  # s = alpha / initial r (the reference) | alpha / current rank
-    masking: str = "at_allocation"  # zero masked lambdas when a mask is taken (the reference) | after every step
+    target_r: int | None  # average final rank per module; None = round(2 r / 3) (scripts start at 1.5x target)
+    tinit: float  # warmup at full rank before allocating: steps if >= 1, else a fraction of the total steps
+    tfinal: float  # final fine-tuning with the mask fixed: steps if >= 1, else a fraction of the total steps
+    deltaT: float  # allocate every deltaT steps while the budget decreases: steps if >= 1, else a fraction
+    beta1: float  # smoothing of the sensitivity
+    beta2: float  # smoothing of the uncertainty
+    scaling: str  # one of SCALINGS
+    masking: str  # one of MASKINGS
 
 
 def budget_at(step: int, total_steps: int, init_budget: int, target_budget: int, tinit: int, tfinal: int) -> int:

@@ -15,19 +15,14 @@ import torch
 from torch import nn
 
 from ...architectures import Target
-from ..base import AdaptedLinear, LinearMethod, MethodConfig, register
+from ..base import AdaptedLinear, LinearConfig, LinearMethod, register
 from ..mpc import activation_module
 
 
-@dataclass
-class AdapterConfig(MethodConfig):
-    bottleneck_per_rank: int = 4  # bottleneck m = bottleneck_per_rank * r
-    activation: str = "relu"  # relu, gelu, silu/swish, tanh
-
-
-@dataclass
-class PAdapterConfig(AdapterConfig):
-    bottleneck_per_rank: int = 8
+@dataclass(kw_only=True)
+class AdapterConfig(LinearConfig):
+    bottleneck_per_rank: int  # bottleneck m = bottleneck_per_rank * r
+    activation: str  # a name of mpc.ACTIVATIONS
 
 
 class BottleneckAdapterLinear(AdaptedLinear):
@@ -81,5 +76,4 @@ class PAdapter(BottleneckAdapter):
     name = "padapter"
     display_name = "PAdapter"
     paper_order = 100
-    config_class = PAdapterConfig
     default_targets = ("ffn_out",)

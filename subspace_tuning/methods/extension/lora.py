@@ -18,7 +18,7 @@ from torch import nn
 
 from ...architectures import Target
 from ...errors import NotMergeableError
-from ..base import AdaptedLinear, LinearMethod, MethodConfig, register
+from ..base import AdaptedLinear, LinearConfig, LinearMethod, register
 from ..mpc import activation_module, gram_columns, gram_rows, off_diagonal_error, orthonormal_error
 
 INITS: dict[str, Callable[[torch.Tensor], Any]] = {
@@ -35,10 +35,10 @@ def init_(param: torch.Tensor, how: str) -> None:
             INITS[how](param)
 
 
-@dataclass
-class LoRAConfig(MethodConfig):
-    alpha: float = 16.0  # s = alpha / r; the paper gives no alpha, 16 is the common GLUE choice
-    dropout: float = 0.0  # dropout on the input of the low-rank branch
+@dataclass(kw_only=True)
+class LoRAConfig(LinearConfig):
+    alpha: float  # s = alpha / r
+    dropout: float  # on the input of the low-rank branch
 
 
 class LowRankLinear(AdaptedLinear):

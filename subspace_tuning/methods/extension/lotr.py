@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ...architectures import Target
-from ..base import AdaptedLinear, AdapterModule, MethodConfig, register
+from ..base import AdaptedLinear, AdapterModule, register
+from .lora import LoRAConfig
 from .shared import SharedHolderMethod
-
-
-@dataclass
-class LoTRConfig(MethodConfig):
-    alpha: float = 16.0  # s = alpha / r, as for LoRA
-    dropout: float = 0.0
 
 
 class LoTRFactors(AdapterModule):
@@ -65,7 +58,7 @@ class LoTR(SharedHolderMethod):
     name = "lotr"
     display_name = "LoTR"
     paper_order = 180
-    config_class = LoTRConfig
+    config_class = LoRAConfig  # alpha (s = alpha / r) and dropout, as LoRA
     holder_name = "lotr_factors"
 
     def build_holder(self, shapes: dict[Target, tuple[int, int]], weight: torch.Tensor) -> LoTRFactors:

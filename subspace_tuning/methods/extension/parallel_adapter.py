@@ -15,9 +15,9 @@ from ..mpc import activation_module
 from .lora import LoRAConfig, LowRankLinear, LowRankMethod
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PAConfig(LoRAConfig):
-    activation: str = "relu"  # relu (the paper's), gelu, silu, tanh
+    activation: str  # a name of mpc.ACTIVATIONS
 
 
 class ParallelAdapterLinear(LowRankLinear):

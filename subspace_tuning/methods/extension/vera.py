@@ -8,15 +8,15 @@ import torch
 from torch import nn
 
 from ...architectures import Target
-from ..base import AdaptedLinear, AdapterModule, MethodConfig, register
+from ..base import AdaptedLinear, AdapterModule, LinearConfig, register
 from .shared import SharedHolderMethod
 
 
-@dataclass
-class VeRAConfig(MethodConfig):
-    d_initial: float = 0.1  # initial value of every entry of d (VeRA's paper)
-    projection_seed: int = 0  # seed of the frozen shared A and B, independent of the run's seed
-    dropout: float = 0.0
+@dataclass(kw_only=True)
+class VeRAConfig(LinearConfig):
+    d_initial: float  # initial value of every entry of d
+    projection_seed: int  # seed of the frozen shared A and B, independent of the run's seed
+    dropout: float
 
 
 class VeRAProjections(AdapterModule):

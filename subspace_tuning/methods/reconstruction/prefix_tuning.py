@@ -28,18 +28,17 @@ from torch import nn
 
 from ...architectures import architecture_of
 from ...errors import ConfigError
-from ..base import AdapterModule, MethodConfig, register
-from .prompt_tuning import VirtualTokenMethod, backbone_of
+from ..base import AdapterModule, register
+from .prompt_tuning import VirtualTokenConfig, VirtualTokenMethod, backbone_of
 
 ENCODER_NAME = "prefix_encoder"
 
 
-@dataclass
-class PrefixTuningConfig(MethodConfig):
-    num_virtual_tokens: int = 20
-    reparameterize: bool = False  # train through Li and Liang's MLP; folded into plain prefixes when saved
-    encoder_hidden_size: int = 512  # hidden width of that MLP
-    init_std: float = 0.02  # plain prefixes start at N(0, init_std)
+@dataclass(kw_only=True)
+class PrefixTuningConfig(VirtualTokenConfig):
+    reparameterize: bool  # train through Li and Liang's MLP; folded into plain prefixes when saved
+    encoder_hidden_size: int  # hidden width of that MLP
+    init_std: float  # plain prefixes start at N(0, init_std)
 
 
 class PrefixEncoder(AdapterModule):

@@ -14,10 +14,14 @@ from ..base import AdapterModule, Method, MethodConfig, register
 INITS = ("vocab", "normal")
 
 
-@dataclass
-class PromptTuningConfig(MethodConfig):
-    num_virtual_tokens: int = 20
-    init: str = "vocab"  # vocab: embeddings of random vocabulary tokens (Lester et al.); normal: N(0, 0.02)
+@dataclass(kw_only=True)
+class VirtualTokenConfig(MethodConfig):
+    num_virtual_tokens: int
+
+
+@dataclass(kw_only=True)
+class PromptTuningConfig(VirtualTokenConfig):
+    init: str  # one of INITS: vocab, embeddings of random vocabulary tokens (Lester et al.); normal, N(0, 0.02)
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
@@ -117,7 +121,7 @@ class VirtualTokenMethod(Method):
     mergeable = False  # virtual tokens are not a change of any weight
     adds: str  # what the method adds, for the not-mergeable message
 
-    def __init__(self, config: PromptTuningConfig) -> None:
+    def __init__(self, config: VirtualTokenConfig) -> None:
         super().__init__(config)
         if config.num_virtual_tokens < 1:
             raise ConfigError(f"{self.name} needs num_virtual_tokens >= 1, got {config.num_virtual_tokens}")
