@@ -282,8 +282,47 @@ def eval_subset(dataset: Dataset, max_samples: int | None) -> Dataset:
     """
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.select(range(max_samples))
-    lengths = np.fromiter((len(ids) for ids in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
-    return dataset.select(np.argsort(lengths, kind="stable"))
+    return dataset.select(np.argsort(sequence_lengths(dataset), kind="stable"))
+
+
+def sequence_lengths(dataset: Dataset) -> np.ndarray:
+    return np.fromiter((len(ids) for ids in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """Shuffled training order in which each batch holds examples of similar length (less padding).
+
+    Every epoch draws a random permutation from ``generator``, cuts it into mega-batches of
+    ``MEGA_BATCHES`` batches, sorts each mega-batch by length (longest first) and puts the batch with the
+    longest example first (an out-of-memory error shows at once). The order stays random across
+    mega-batches and every example is seen once per epoch, but examples of one batch are no longer
+    independent draws: they are neighbours in length. Seeded and resumable through ``generator``, like
+    the plain shuffle (the same idea as transformers' LengthGroupedSampler)."""
+
+    MEGA_BATCHES = 50
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, generator: torch.Generator) -> None:
+        self.lengths, self.batch_size, self.generator = lengths, batch_size, generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of indices
+        permutation = torch.randperm(len(self.lengths), generator=self.generator).numpy()
+        size = self.batch_size * self.MEGA_BATCHES
+        megas = [permutation[i:i + size] for i in range(0, len(permutation), size)]
+        megas = [mega[np.argsort(-self.lengths[mega], kind="stable")] for mega in megas]
+        order = np.concatenate(megas)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        longest = max(range(len(batches)), key=lambda i: self.lengths[batches[i]].max())
+        batches[0], batches[longest] = batches[longest], batches[0]
+        return iter(int(i) for batch in batches for i in batch)
+
+
+def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
+    """The share of padded positions when every batch is padded to its longest example."""
+    padded = sum(len(b) * int(lengths[b].max()) for b in batches)
+    return 1 - int(lengths.sum()) / padded
 
 
 def subset_size(data_cfg: DictConfig, key: str) -> int | None:
@@ -312,8 +351,13 @@ def build_dataloaders(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[DataLoader
     collate = DataCollatorWithPadding(tokenizer)
     train = train_subset(dataset["train"], max_train)
     generator = torch.Generator().manual_seed(int(cfg.seed))
-    train_loader = DataLoader(train, batch_size=int(cfg.train.batch_size), shuffle=True,
-                              collate_fn=collate, generator=generator, num_workers=int(cfg.data.num_workers))
+    batch_size = int(cfg.train.batch_size)
+    order: dict[str, Any] = {"shuffle": True, "generator": generator}
+    if cfg.data.get("group_by_length"):
+        order = {"sampler": LengthGroupedSampler(sequence_lengths(train), batch_size, generator)}
+    train_loader = DataLoader(train, batch_size=batch_size, collate_fn=collate, num_workers=int(cfg.data.num_workers),
+                              **order)
+    train_loader.generator = generator  # the data order's RNG, saved in checkpoints (shuffled or grouped)
     eval_loaders = {
         split: DataLoader(eval_subset(dataset[split], max_eval),
                           batch_size=int(cfg.train.eval_batch_size), collate_fn=collate)

@@ -239,3 +239,26 @@ def test_toy_task_is_deterministic_and_holds_adjectives_out():
     assert not any(f" {word}." in train_words for word in held_out)
     labels = [label for _, label in toy_sentiment("validation", 400)]
     assert 0.35 < sum(labels) / len(labels) < 0.65
+
+
+def test_length_grouped_order_is_seeded_complete_and_resumable():
+    import numpy as np
+    import torch
+
+    from subspace_tuning.data import LengthGroupedSampler, padding_fraction
+
+    lengths = np.random.default_rng(0).integers(5, 120, size=1000)
+    generator = torch.Generator().manual_seed(3)
+    sampler = LengthGroupedSampler(lengths, 16, generator)
+    first = list(sampler)
+    assert sorted(first) == list(range(1000))  # every example once per epoch
+    state = generator.get_state()
+    second = list(sampler)
+    assert second != first  # a new order every epoch
+    generator.set_state(state)
+    assert list(sampler) == second  # the checkpointed RNG state gives the same next epoch (resume)
+    assert list(LengthGroupedSampler(lengths, 16, torch.Generator().manual_seed(3))) == first  # seeded
+    batches = [np.asarray(first[i:i + 16]) for i in range(0, 1000, 16)]
+    assert lengths[batches[0]].max() == lengths.max()  # the longest batch first
+    shuffled = [np.asarray(p) for p in np.array_split(np.random.default_rng(1).permutation(1000), 63)]
+    assert padding_fraction(lengths, batches) < 0.1 < padding_fraction(lengths, shuffled)
