@@ -1,7 +1,8 @@
 """Speed and memory of every method against full fine-tuning, the frozen backbone and Hugging Face PEFT.
 
-A thin entry point; the benchmark itself is ``subspace_tuning/bench.py`` (``python -m subspace_tuning.bench``)
-and takes the same options, e.g. ``python scripts/bench_methods.py --methods lora,dora --json bench.json``.
+A thin entry point; the benchmark itself is the package ``subspace_tuning/bench/`` (``python -m
+subspace_tuning.bench``) and takes the same options, e.g.
+``python scripts/bench_methods.py --methods lora,dora --json bench.json``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ import json
 import pytest
 
 from subspace_tuning.bench import main
+from subspace_tuning.bench.peft_rows import peft_config
+from subspace_tuning.methods import catalogue
 
 pytest.importorskip("peft")
 
@@ -45,3 +47,19 @@ def test_quick_benchmark_writes_every_row_with_times_and_ratios(tmp_path, capsys
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(SystemExit, match="nope"):
         main(["--quick", "--methods", "nope"])
+
+
+def test_every_method_with_a_peft_type_has_its_peft_config():
+    """The peer rows follow the catalogue: a method class that names a PEFT counterpart gets a config of that type."""
+    with_peft = [cls for cls in catalogue() if cls.peft_type is not None]
+    assert {"lora", "dora", "adalora"} <= {cls.name for cls in with_peft}
+    for cls in with_peft:
+        assert peft_config(cls.name, 4, ["query"], total_step=100).peft_type.value == cls.peft_type, cls.name
+    assert peft_config("dora", 4, ["query"]).use_dora and not peft_config("lora", 4, ["query"]).use_dora
+
+
+def test_peft_adalora_takes_our_schedule_in_steps():
+    config = peft_config("adalora", 6, ["query"], {"target_r": 2, "tinit": 0.1, "tfinal": 0.2, "deltaT": 0.05},
+                         total_step=100, orth_reg_weight=0.1)
+    assert (config.init_r, config.target_r, config.total_step, config.tinit, config.tfinal, config.deltaT,
+            config.orth_reg_weight) == (6, 2, 100, 10, 20, 5, 0.1)

@@ -1,0 +1,5 @@
+"""``python -m subspace_tuning.bench``."""
+
+from .cli import main
+
+main()
