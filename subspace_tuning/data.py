@@ -355,12 +355,13 @@ def build_dataloaders(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[DataLoader
     order: dict[str, Any] = {"shuffle": True, "generator": generator}
     if cfg.data.get("group_by_length"):
         order = {"sampler": LengthGroupedSampler(sequence_lengths(train), batch_size, generator)}
+    pin = torch.cuda.is_available() and not cfg.train.get("cpu")  # page-locked batches copy to the GPU faster
     train_loader = DataLoader(train, batch_size=batch_size, collate_fn=collate, num_workers=int(cfg.data.num_workers),
-                              **order)
+                              pin_memory=pin, **order)
     train_loader.generator = generator  # the data order's RNG, saved in checkpoints (shuffled or grouped)
     eval_loaders = {
         split: DataLoader(eval_subset(dataset[split], max_eval),
-                          batch_size=int(cfg.train.eval_batch_size), collate_fn=collate)
+                          batch_size=int(cfg.train.eval_batch_size), collate_fn=collate, pin_memory=pin)
         for split in cfg.task.splits if split != "train"
     }
     return train_loader, eval_loaders

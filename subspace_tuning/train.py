@@ -94,6 +94,13 @@ class Run:
 
 
 # --- building blocks ------------------------------------------------------------------------------
+def resolve_mixed_precision(setting: str) -> str:
+    """``auto``: bf16 autocast on a GPU that supports it, else full precision; other values as given."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
 def build_optimizer(cfg: DictConfig, model: nn.Module, head_names: set[str]) -> torch.optim.Optimizer:
     """AdamW; the head may have its own lr / weight decay; 1-d parameters (biases, scales) never decay."""
     lr, decay = float(cfg.lr), float(cfg.weight_decay)
@@ -106,7 +113,10 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, head_names: set[str]) -> 
         group_lr, group_decay = (head_lr, head_decay) if name in head_names else (lr, decay)
         groups.setdefault((group_lr, group_decay if param.ndim > 1 else 0.0), []).append(param)
     param_groups = [{"params": p, "lr": g_lr, "weight_decay": g_wd} for (g_lr, g_wd), p in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(cfg.betas), eps=float(cfg.eps))
+    on_gpu = all(p.is_cuda for group in groups.values() for p in group)
+    # the fused CUDA kernel updates every parameter in one launch; elsewhere torch's default (foreach)
+    return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(cfg.betas), eps=float(cfg.eps),
+                             fused=True if on_gpu else None)
 
 
 @torch.no_grad()
@@ -168,12 +178,24 @@ class Running:
     loss: torch.Tensor | float = 0.0
     regularizers: dict[str, torch.Tensor] = field(default_factory=dict)
     steps: int = 0
+    finite: torch.Tensor | bool = True  # every loss and gradient norm since the last check was finite
 
     def add(self, result: StepResult) -> None:
         self.loss = self.loss + result.task_loss.double()
         for name, value in result.regularizers.items():
             self.regularizers[name] = self.regularizers.get(name, 0.0) + value.double()
         self.steps += 1
+        total = result.task_loss + sum(result.regularizers.values())
+        self.finite = torch.isfinite(total) & self.finite
+        if result.grad_norm is not None:
+            self.finite = torch.isfinite(result.grad_norm) & self.finite
+
+    def check_finite(self, step: int, since: int) -> None:
+        """Raise if a loss or gradient norm of steps ``since``..``step`` was non-finite (one read-back)."""
+        if not bool(self.finite):
+            raise TrainingDiverged(f"the loss or the gradient norm became non-finite between steps {since} and "
+                                   f"{step}; try a lower optim.lr or train.mixed_precision=no")
+        self.finite = True
 
     def means(self) -> tuple[float, dict[str, float]]:
         n = max(self.steps, 1)
@@ -208,8 +230,14 @@ class Recipe:
         # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per process for
         # every optimizer step, while total_steps counts optimizer steps (data-parallel runs would decay the
         # learning rate num_processes times too fast)
-        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=bool(cfg.train.cpu),
-                                       step_scheduler_with_optimizer=False)
+        self.accelerator = Accelerator(mixed_precision=resolve_mixed_precision(str(cfg.train.mixed_precision)),
+                                       cpu=bool(cfg.train.cpu), step_scheduler_with_optimizer=False)
+        if self.accelerator.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 range, ~10 bits of mantissa
+            torch.backends.cudnn.allow_tf32 = True
+        # finiteness is checked every step on the CPU (free) and every log_every steps on a GPU, where reading a
+        # value back waits for the device
+        self.check_every = 1 if self.accelerator.device.type == "cpu" else int(cfg.train.log_every)
         self.run = Run(self.folder, cfg, self.fingerprint, self.accelerator.is_main_process)
         self.run.write_config()
         check_metrics(cfg.task.metrics)
@@ -226,6 +254,7 @@ class Recipe:
         log.info(trainable_summary(counts))
         self.run.update(parameters=counts)
 
+        model.to(self.accelerator.device)  # before the optimizer, so that it can pick the device's kernel
         optimizer = build_optimizer(cfg.optim, model, head_parameter_names(model))
         self.steps_per_epoch = math.ceil(len(train_loader) / self.accelerator.num_processes)
         self.total_steps = int(cfg.train.epochs) * self.steps_per_epoch
@@ -275,9 +304,12 @@ class Recipe:
                 result = training_step(self.model, self.method, batch, self.optimizer, progress.step + 1,
                                        self.total_steps, raw_model=self.raw_model, scheduler=self.scheduler,
                                        max_grad_norm=max_grad_norm, backward=self.accelerator.backward,
-                                       clip_grad_norm=self.accelerator.clip_grad_norm_)
+                                       clip_grad_norm=self.accelerator.clip_grad_norm_,
+                                       check_finite=self.check_every == 1)
                 progress.step += 1
                 running.add(result)
+                if progress.step % self.check_every == 0 or progress.step >= self.total_steps:
+                    running.check_finite(progress.step, progress.step - self.check_every + 1)
                 bar.update(1)
                 if progress.step % int(cfg.train.log_every) == 0:
                     bar.set_postfix(loss=f"{running.means()[0]:.4f}", lr=f"{self.current_lr():.2e}")

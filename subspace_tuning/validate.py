@@ -27,7 +27,7 @@ from .errors import ConfigError
 Verdict = tuple[Any, str | None]  # (the value as the run reads it, why it is refused or None)
 Check = Callable[[Any], Verdict]
 
-MIXED_PRECISION = ("no", "fp16", "bf16")  # accelerate's names (README: train.mixed_precision)
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # accelerate's names, and auto (README: train.mixed_precision)
 MIN_LENGTH = 8
 # Model types whose position ids count from pad_token_id + 1 (fairseq's make_positions, which transformers'
 # RobertaEmbeddings.create_position_ids_from_input_ids copies): a sequence of n tokens uses ids up to

@@ -115,3 +115,32 @@ def test_mpc_term_is_logged_apart_from_the_task_loss(tmp_path):
     metrics = run_in_process(tmp_path, ["method=lora", "mpc=o", "train.max_steps=2", "train.batch_size=8"])
     (record,) = metrics["history"]
     assert set(record["regularizers"]) == {"mpc_o"} and record["regularizers"]["mpc_o"] > 0
+
+
+def test_auto_precision_is_full_precision_without_a_gpu(monkeypatch):
+    from subspace_tuning.train import resolve_mixed_precision
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert resolve_mixed_precision("auto") == "no" and resolve_mixed_precision("fp16") == "fp16"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: True)
+    assert resolve_mixed_precision("auto") == "bf16"
+
+
+def test_nonfinite_steps_are_caught_when_checked_every_few_steps(tmp_path, monkeypatch):
+    # on a GPU the loop reads finiteness back only every log_every steps; the run still fails, naming the steps
+    import torch
+
+    from subspace_tuning.methods.extension.lora import LoRA
+    from subspace_tuning.train import Recipe
+
+    original = Recipe.setup
+
+    def gpu_like(self):
+        original(self)
+        self.check_every = 2
+
+    monkeypatch.setattr(Recipe, "setup", gpu_like)
+    monkeypatch.setattr(LoRA, "regularizers", lambda self, model: {"broken": torch.tensor(float("inf"))})
+    with pytest.raises(TrainingDiverged, match="non-finite between steps 1 and 2"):
+        run_in_process(tmp_path, ["method=lora", "train.max_steps=4"])

@@ -57,8 +57,8 @@ REFUSED = [
     (["model.classifier_dropout=1.5"], "model.classifier_dropout=1.5 is not allowed: it must be null or a number in"),
     (["train.log_every=0"], "train.log_every=0 is not allowed"),
     (["train.threads=0"], "train.threads=0 is not allowed"),
-    (["train.mixed_precision=fp32"], "train.mixed_precision='fp32' is not allowed: it must be one of no, fp16, bf16"),
-    (["train.mixed_precision=auto"], "train.mixed_precision='auto' is not allowed"),
+    (["train.mixed_precision=fp32"],
+     "train.mixed_precision='fp32' is not allowed: it must be one of auto, no, fp16, bf16"),
     (["train.mixed_precision=false"], "train.mixed_precision=false is not allowed"),
     (["++train.grad_accum_steps=0"], "train.grad_accum_steps=0 is not allowed"),
     (["data.max_train_samples=0"], "data.max_train_samples=0 is not allowed: it must be null or an integer >= 1"),
@@ -93,6 +93,7 @@ PASSES = [
     FAST + ["optim.max_grad_norm=null", "++optim.warmup_steps=null", "++train.grad_accum_steps=4"],
     FAST + ["train.mixed_precision=bf16", "seed=12", "rank=3", "experiment_name=my-run_2.b", "optim.betas=[0,0.98]"],
     FAST + ["experiment_name=2024", "train.mixed_precision=fp16", "data.max_train_samples=1"],
+    FAST + ["train.mixed_precision=auto"],
     FAST + ["train.eval_steps=0.25", "model.classifier_dropout=0.1"],  # eval_steps < 1: a fraction of the run
     FAST + ["train.eval_steps=50", "model.classifier_dropout=null", "protocol=simple"],
 ]
