@@ -1,8 +1,11 @@
-"""Shared fixtures: tiny random-init models built from the test YAMLs, and a fixed input batch."""
+"""Shared fixtures: tiny random-init models built from the test YAMLs, a fixed input batch, a private SVD cache,
+and methods registered for one test."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +60,30 @@ def tiny_batch(batch: int = 4, length: int = 12, seed: int = 1, num_labels: int 
 @pytest.fixture(params=TINY_MODELS)
 def tiny_name(request) -> str:
     return request.param
+
+
+@pytest.fixture
+def temporary_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[type, str], type]]:
+    """``temporary_method(cls, yaml_text)`` registers a method class for this test, with ``yaml_text`` as its
+    ``conf/method/<name>.yaml`` in a copy of conf/ that the config functions read; both are gone afterwards."""
+    from subspace_tuning import config
+    from subspace_tuning.methods import load_all, register, unregister
+
+    load_all()  # the built-in methods first, as in any run
+    registered = []
+
+    def add(cls: type, yaml_text: str) -> type:
+        conf = tmp_path / "conf"
+        if not conf.exists():
+            shutil.copytree(config.CONF_DIR, conf)
+        (conf / "method" / f"{cls.name}.yaml").write_text(yaml_text)
+        monkeypatch.setattr(config, "CONF_DIR", conf)
+        registered.append(register(cls).name)
+        return cls
+
+    yield add
+    for name in registered:
+        unregister(name)
 
 
 requires_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"no GLUE data at {GLUE_DIR}")

@@ -1,45 +1,11 @@
-"""Combination methods (DoRA, Spectral Adapter, SVDiff) against the SPEC.md properties, plus DoRA's norm handling
-and the parameter table rows of every method this family and the reconstruction family own."""
+"""Combination methods: what is particular to each (DoRA's magnitude and norm handling, SVDiff's ReLU, Spectral
+Adapter's top-r directions). The properties every method has are checked by tests/test_methods.py."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from conftest import tiny_batch
-from method_properties import (
-    adapt,
-    check_count,
-    check_identity_at_init,
-    check_merge,
-    check_only_own_parameters_train,
-    check_save_load,
-    perturb_trainable,
-)
-
-# closed-form trainable counts: shapes = [(kind, out, in)] of the six linear kinds in every layer
-EXPECTED_COUNTS = {
-    "dora": lambda shapes, r: sum(r * (o + i) + o for _, o, i in shapes),
-    "spectral_adapter": lambda shapes, r: sum(r * (o + i) for _, o, i in shapes),
-    "svdiff": lambda shapes, r: sum(min(o, i) for _, o, i in shapes),
-}
-METHODS = sorted(EXPECTED_COUNTS)
-
-
-@pytest.mark.parametrize("check", ["identity", "only_own_train", "merge", "save_load"])
-@pytest.mark.parametrize("method", METHODS)
-def test_spec_property(tiny_name, method, check, tmp_path):
-    """The SPEC.md properties (method_properties.py); all four apply to every method of this family."""
-    if check == "save_load":
-        check_save_load(tiny_name, method, tmp_path)
-    else:
-        {"identity": check_identity_at_init, "only_own_train": check_only_own_parameters_train,
-         "merge": check_merge}[check](tiny_name, method)
-
-
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("rank", [2, 8])
-def test_closed_form_count(tiny_name, method, rank):
-    check_count(tiny_name, method, EXPECTED_COUNTS[method], rank=rank)
+from method_properties import adapt, perturb_trainable
 
 
 def test_dora_magnitude_starts_at_row_norms_and_norm_is_detached_by_default():
@@ -107,32 +73,3 @@ def test_spectral_adapter_only_moves_top_r_directions():
     x = torch.randn(5, module.in_features)
     with torch.no_grad():
         torch.testing.assert_close(module(x), module.base(x) + x @ delta.T, atol=1e-5, rtol=1e-4)
-
-
-# The paper's %Params (per mille of RoBERTa-base) for the methods of these two families, SPEC.md.
-SPEC_PER_MILLE = {("sam_parser", None): 0.44, ("ia3", None): 0.44, ("ssl", None): 0.22, ("ssb", None): 0.66,
-                  ("bitfit", None): 0.82, ("dora", 2): 3.32, ("dora", 4): 5.97, ("dora", 8): 11.28,
-                  ("dora", 16): 21.90}
-
-
-def test_roberta_base_parameter_table_matches_the_paper():
-    """Counted on the meta device, as ``python -m subspace_tuning.params`` does, for these rows only."""
-    from omegaconf import OmegaConf
-    from transformers import AutoModelForSequenceClassification
-
-    from subspace_tuning.config import CONF_DIR
-    from subspace_tuning.methods import build_method
-    from subspace_tuning.models import architecture_config
-    from subspace_tuning.params import count_parameters
-
-    config = architecture_config(OmegaConf.load(CONF_DIR / "model" / "roberta-base.yaml"))
-    for (name, rank), paper in SPEC_PER_MILLE.items():
-        with torch.device("meta"):
-            model = AutoModelForSequenceClassification.from_config(config)
-        total = sum(p.numel() for p in model.parameters())
-        options = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml"))
-        options.pop("name")
-        method = build_method(name, options, rank)
-        per_mille = count_parameters(method.apply(model), method, total)["per_mille"]
-        assert abs(per_mille - paper) <= 0.01 * paper, (name, rank, per_mille, paper)
-

@@ -14,8 +14,13 @@ from omegaconf import OmegaConf
 
 from subspace_tuning.config import compose
 from subspace_tuning.errors import ConfigError, NotMergeableError
-from subspace_tuning.methods import build_method
-from subspace_tuning.methods.mpc import MPC
+from subspace_tuning.methods import build_method, catalogue
+from subspace_tuning.methods.mpc import MPC, MPC_NAMES
+
+# from the registry: every method that declares a constraint is tested with it, every other one refuses it
+WITH_A_AND_B = [cls.name for cls in catalogue() if {"o", "d"} <= set(cls.mpc_support)]
+WITHOUT_A_AND_B = [cls.name for cls in catalogue() if not cls.mpc_support]
+NONLINEAR = [cls.name for cls in catalogue() if "n" in cls.mpc_support]
 
 # Module 1: A A^T = diag(1, 4), so ||A A^T - I||_F = ||diag(0, 3)||_F = 3 (squared 9);
 # B^T B = [[1, 1], [1, 2]], so ||B^T B - I||_F = ||[[0, 1], [1, 1]]||_F = sqrt(3) (squared 3)
@@ -72,7 +77,7 @@ def adapted(method_name: str, mpc: dict | None, rank: int = 4, seed: int = 0, **
     return model.eval(), method
 
 
-@pytest.mark.parametrize("method_name", ["lora", "trilora", "adalora", "flora", "pa"])
+@pytest.mark.parametrize("method_name", WITH_A_AND_B)
 @pytest.mark.parametrize("kind", ["o", "d"])
 @pytest.mark.parametrize("reduction", ["mean_norm", "sum_squared"])
 def test_regularizer_reduces_over_every_module(method_name, kind, reduction):
@@ -143,9 +148,9 @@ def test_training_with_mpc_lowers_the_pattern_errors(reduction, weight):
     assert diagonal["B_columns_orthogonal"] < free["B_columns_orthogonal"]
 
 
-@pytest.mark.parametrize("method_name", ["vera", "lotr", "hadapter", "padapter", "full"])
+@pytest.mark.parametrize("method_name", WITHOUT_A_AND_B)
 def test_mpc_without_a_and_b_is_a_config_error(method_name):
-    rank = None if method_name == "full" else 4
+    rank = 4
     with pytest.raises(ConfigError, match="no low-rank factors A and B"):
         build_method(method_name, {}, rank, {"name": "o", "weight": 0.1})
 
@@ -171,17 +176,28 @@ def test_config_group_composes(kind):
     assert (method.mpc.weight > 0) == (kind != "n") and method.mpc.reduction == "mean_norm"
 
 
+@pytest.mark.parametrize("kind", MPC_NAMES)
+def test_the_yaml_and_the_dataclass_agree(kind):
+    """Under protocol=simple (the values tools use outside a run) the mpc YAML gives the constraint MPC(kind) is:
+    the settings that act for that constraint are equal."""
+    composed = MPC.from_config(OmegaConf.to_container(compose([f"mpc={kind}", "protocol=simple"]).mpc, resolve=True))
+    default = MPC(kind)
+    acting = (["weight", "reduction"] if default.has_loss else []) + (["activation"] if default.nonlinear else [])
+    assert {k: getattr(composed, k) for k in acting} == {k: getattr(default, k) for k in acting}
+
+
 @pytest.mark.parametrize("kind", ["o", "d"])
 def test_sum_squared_is_selectable_from_the_command_line(kind):
     cfg = compose([f"mpc={kind}", "mpc.reduction=sum_squared", "method=lora"])
     assert build_method("lora", {}, 4, OmegaConf.to_container(cfg.mpc, resolve=True)).mpc.reduction == "sum_squared"
 
 
-@pytest.mark.parametrize("method_name", ["lora", "trilora", "adalora", "flora"])
+@pytest.mark.parametrize("method_name", NONLINEAR)
 def test_mpc_n_is_identity_at_init_nonlinear_and_not_mergeable(method_name):
     base = tiny_model("tiny-roberta")
     model, method = adapted(method_name, {"name": "n"})
     torch.testing.assert_close(logits(model), logits(base), atol=ATOL, rtol=1e-4)
+    assert method.mergeable and not method.merges  # a mergeable method, made unmergeable by MPC_n at run time
     with pytest.raises(NotMergeableError, match="mpc=n"):
         method.merge(copy.deepcopy(model))
     module = next(iter(method.low_rank_modules(model).values()))

@@ -16,8 +16,8 @@ class SamParserLinear(SpectralLinear):
 
     def __init__(self, base: nn.Linear, factors: Factors) -> None:
         super().__init__(base, factors)
-        # A parameter created here, before the optimizer exists, so it is trained (the anchor code
-        # built sigma inside forward(), after the optimizer, and it never trained).
+        # Created here, before the optimizer exists, so the optimizer holds it: a sigma built inside forward()
+        # would be a new tensor at every step and never train.
         self.sigma = nn.Parameter(self.S.clone())
 
     def delta_weight(self) -> torch.Tensor:
