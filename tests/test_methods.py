@@ -81,6 +81,12 @@ def test_display_names_and_order_are_the_papers():
             assert orders == sorted(orders), (model, rank, orders)
 
 
+def test_every_method_has_its_entry_in_docs_methods_md():
+    docs = (Path(config.__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    missing = [cls.name for cls in catalogue() if f"### {cls.display_name} (`{cls.name}`)" not in docs]
+    assert not missing, f"docs/methods.md has no section for {missing}"
+
+
 @pytest.mark.parametrize("name", [cls.name for cls in catalogue() if not cls.uses_rank])
 def test_rank_free_methods_are_recorded_without_rank(name):
     assert build_method(name, {}, rank=8).rank is None

@@ -1,14 +1,14 @@
-"""PEFT methods, laid out as the paper's taxonomy.
+"""PEFT methods, laid out as the paper's taxonomy (docs/methods.md is the catalogue).
 
 - ``reference``: full fine-tuning, the reference row of every table.
-- ``reconstruction/``: phi(W) = f(W), reshapes W's own subspaces (SAM-PARSER, (IA)3, SSL, SSB, BitFit, prompts).
-- ``extension/``: phi(W) = W + s dW, adds a new low-rank subspace (LoRA and its derivatives, adapters).
-- ``combination/``: reconstruct and extend (DoRA, Spectral Adapter, SVDiff).
+- ``reconstruction/``: phi(W) = f(W) reshapes or rescales W's own subspaces.
+- ``extension/``: phi(W) = W + s dW adds a new low-rank subspace.
+- ``combination/``: both.
 
-Adding a method: write one module in the right family folder with a ``@register`` class (its catalogue entry:
-``display_name``, ``paper_order``, ``mergeable``, ... on the class), one ``conf/method/<name>.yaml`` (its
-settings' values) and its entry in docs/methods.md. Modules are discovered here, and the tests, the report and the
-parameter table read the registry (``catalogue()``), so nothing else needs editing.
+Adding a method (docs/methods.md, "Adding a method"): one module in the right family folder with a ``@register``
+class carrying its catalogue entry (``display_name``, ``paper_order``, ``mergeable``, ...), one
+``conf/method/<name>.yaml`` with its settings' values, its closed-form count in tests/method_properties.py and its
+section in docs/methods.md. Modules are discovered here, and tools and tests read the registry (``catalogue()``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The method interface shared by every PEFT method.
 
-A method is a config dataclass plus a class (registered by name) that
+A method is a class (registered by name, its catalogue entry in class variables, docs/methods.md), the types of
+its settings (a ``MethodConfig`` dataclass) and their values (``conf/method/<name>.yaml``). The class
 
 - picks the modules it adapts (``targets``, kinds from ``architectures.ALL_LINEAR``),
 - wraps or modifies them (``adapt``) so that only its own parameters and the head train,

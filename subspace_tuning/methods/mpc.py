@@ -1,8 +1,8 @@
 """The MPC framework (Matrix Pattern Constraints), the paper's second contribution.
 
 MPC adds no parameters; it constrains the pattern of a low-rank update's factors A (r x in) and
-B (out x r). It applies to every method with an A and a B (``LowRankMethod``: LoRA, TriLoRA, AdaLoRA,
-FLoRA, PA) and is chosen with the ``mpc`` config group:
+B (out x r). It applies to the methods whose class lists the constraint in ``mpc_support`` (those with an A and
+a B, docs/methods.md) and is chosen with the ``mpc`` config group:
 
 - ``o``: the rows of A and the columns of B orthonormal, deviations E_A = A A^T - I_r and E_B = B^T B - I_r
   (for AdaLoRA this is its own orthogonality regulariser on Q and P),
