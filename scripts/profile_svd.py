@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 from subspace_tuning.architectures import find_targets
+from subspace_tuning.cli import ArgumentParser, fail, named_model_yaml, positive_int
 from subspace_tuning.config import model_yaml
+from subspace_tuning.errors import SubspaceTuningError
 from subspace_tuning.methods.reconstruction.spectral import batched_svds
 from subspace_tuning.models import architecture_config
 from subspace_tuning.runio import load_tensors, save_tensors
@@ -43,12 +45,22 @@ def seconds_per_matrix(fn: Callable[[torch.Tensor], object], stack: torch.Tensor
     return (time.perf_counter() - start) / stack.shape[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="roberta-large")
-    parser.add_argument("--batch", type=int, default=4, help="matrices timed per shape")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgumentParser("python scripts/profile_svd.py", __doc__)
+    parser.add_argument("--model", default="roberta-large", metavar="NAME",
+                        help="a model of conf/model/, by name (random weights; default roberta-large)")
+    parser.add_argument("--batch", type=positive_int, default=4, help="matrices timed per shape (default 4)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    try:
+        named_model_yaml(args.model)  # models come from conf/model/ only
+    except SubspaceTuningError as err:
+        fail(err, 1)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

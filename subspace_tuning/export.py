@@ -1,7 +1,7 @@
 """Export a trained run as a standard transformers checkpoint folder.
 
     python -m subspace_tuning.export outputs/<experiment>/<model>/<task>/<method>/<rank>/<mpc>/seed<n>
-    python -m subspace_tuning.export <run folder> out=exported/mrpc-dora
+    python -m subspace_tuning.export <run folder> --out exported/mrpc-dora
 
 The model is rebuilt from the run's ``config.yaml`` (the same pretrained backbone), the trained
 parameters are loaded from ``trained.safetensors`` and the method is merged: every adapted layer becomes a
@@ -16,28 +16,26 @@ finite, and the merged logits must match (a NaN difference fails the check). Met
 in the input (prompt and prefix tuning, MPC_n, PA, the bottleneck adapters) cannot become plain weights; the
 command refuses them and says why.
 
-Settings (key=value): ``out=<folder>``, where to write (default ``<run folder>/export``; it must not exist or be
-empty).
+Options: ``--out DIR``, where to write (default ``<run folder>/export``; it must not exist or be empty).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .cli import ArgumentParser, fail, one_line
 from .errors import ConfigError, NotMergeableError, SubspaceTuningError
-from .report import UsageError, fail, key_value_args, one_line
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that --help and usage errors answer at once
     import torch
 
-USAGE = "usage: python -m subspace_tuning.export <run folder> [out=<folder>]"
 # Single sentences: a text pair would give segment ids that a model with one token type (RoBERTa) cannot take.
 PROBE = ["The merged model must agree with the adapted one before anything is written.", "A shorter probe."]
 
@@ -106,8 +104,7 @@ def rebuild(run: Path) -> tuple[DictConfig, Any, torch.nn.Module, Any]:
                           "did not save; only runs on pretrained models (hub, minilm) can be exported")
     tensors = read_file(trained, load_tensors)
     check_finite(tensors, trained)
-    rank = cfg.rank.r if isinstance(cfg.rank, DictConfig) else cfg.rank  # runs written before rank became a value
-    method = build_method(cfg.method.name, method_options(cfg), rank, OmegaConf.to_container(cfg.mpc))
+    method = build_method(cfg.method.name, method_options(cfg), cfg.rank, OmegaConf.to_container(cfg.mpc))
     tokenizer = load_tokenizer(cfg.model)
     model = build_model(cfg.model, int(cfg.task.num_labels), tokenizer)
     method.apply(model)
@@ -152,7 +149,7 @@ def export_run(run: str | Path, out: str | Path | None = None) -> Path:
     run = Path(run)
     out = Path(out) if out is not None else run / "export"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} already exists and is not an empty folder; choose another out=<folder>")
+        raise ConfigError(f"{out} already exists and is not an empty folder; choose another --out folder")
     cfg, tokenizer, model, method = rebuild(run)
     merged, difference = merge_checked(model, method, tokenizer)
     names = label_names(cfg)
@@ -175,19 +172,23 @@ def export_run(run: str | Path, out: str | Path | None = None) -> Path:
     except OSError as err:
         shutil.rmtree(staging, ignore_errors=True)
         raise ExportError(f"cannot write the export to {out}: {err.strerror or err}; choose another "
-                          f"out=<folder>") from None
+                          f"--out folder") from None
     return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser("python -m subspace_tuning.export", __doc__)
+    parser.add_argument("run", metavar="RUN_FOLDER", type=Path, help="the folder of a completed run")
+    parser.add_argument("--out", metavar="DIR", type=Path,
+                        help="where to write (default <run folder>/export; must not exist or be empty)")
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point; every error is one paragraph on stderr and exit status 2."""
+    args = parse_args(argv)
     try:
-        runs, options = key_value_args(sys.argv[1:] if argv is None else argv, USAGE, __doc__, ("out",),
-                                       positional=True)
-        if len(runs) != 1:
-            given = f"got {len(runs)}: {', '.join(map(repr, runs))}" if runs else "got none"
-            raise UsageError(f"give exactly one run folder ({given}); {USAGE}")
-        out = export_run(runs[0], options.get("out"))
+        out = export_run(args.run, args.out)
     except SubspaceTuningError as err:
         fail(err)
     difference = json.loads((out / "export.json").read_text())["max_abs_logit_difference"]

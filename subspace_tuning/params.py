@@ -1,10 +1,10 @@
 """The parameter table: trainable parameters of every registered method and rank, on the meta device.
 
-    python -m subspace_tuning.params model=roberta-base            # a text table
-    python -m subspace_tuning.params model=roberta-large format=json
+    python -m subspace_tuning.params --model roberta-base            # a text table
+    python -m subspace_tuning.params --model roberta-large --format json
 
-Settings (key=value): ``model=<name>``, a model of ``conf/model/`` named without ``.yaml`` (default
-roberta-base); ``format=table|json`` (default table).
+Options: ``--model NAME``, a model of ``conf/model/`` named without ``.yaml`` (default roberta-base);
+``--format table|json`` (default table).
 
 No weights are materialised and nothing is downloaded: the model is built from the dimensions in
 ``conf/model/<name>.yaml``. "trainable" is the method's own parameters (the classification head is
@@ -14,33 +14,18 @@ trainable / all parameters of the plain ForSequenceClassification model (the pap
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, SubspaceTuningError
-from .report import UsageError, fail, key_value_args
+from .cli import ArgumentParser, fail, named_model_yaml
+from .errors import SubspaceTuningError
 
 if TYPE_CHECKING:
-    from omegaconf import DictConfig
     from torch import nn
 
 RANKS = (2, 4, 8, 16)
 FORMATS = ("table", "json")
-USAGE = "usage: python -m subspace_tuning.params [model=<name in conf/model/>] [format=table|json]"
-
-
-def named_model_yaml(name: str) -> DictConfig:
-    """``conf/model/<name>.yaml`` for a model *name*; a path or a file name is refused, so a tool only ever
-    builds the models the project configures."""
-    from .config import CONF_DIR, model_yaml
-
-    if not name or any(sep in name for sep in ("/", "\\")) or name.endswith(".yaml") or name.strip(".") == "":
-        choices = ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
-        raise ConfigError(f"model {name!r} is not a model name: models come from {CONF_DIR / 'model'} and are named "
-                          f"by their file name without .yaml (choose one of: {choices}); add a YAML file there for "
-                          f"another model")
-    return model_yaml(name)
 
 
 def count_parameters(model: nn.Module, method: Any, total: int) -> dict[str, int | float]:
@@ -93,19 +78,22 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser("python -m subspace_tuning.params", __doc__)
+    parser.add_argument("--model", default="roberta-base", metavar="NAME",
+                        help="a model of conf/model/, by its file name without .yaml (default roberta-base)")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="a text table (default) or JSON")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: a command-line mistake exits 2, an unknown model 1, each with one paragraph."""
+    args = parse_args(argv)
     try:
-        _, args = key_value_args(sys.argv[1:] if argv is None else argv, USAGE, __doc__, ("model", "format"))
-        if args.get("format", "table") not in FORMATS:
-            raise UsageError(f"unknown format {args['format']!r}; choose one of: {', '.join(FORMATS)}; {USAGE}")
-    except UsageError as err:
-        fail(err)
-    try:
-        rows = table_rows(args.get("model", "roberta-base"))
+        rows = table_rows(args.model)
     except SubspaceTuningError as err:
-        sys.exit(f"error: {err}")
-    print(json.dumps(rows, indent=1) if args.get("format") == "json" else format_table(rows))
+        fail(err, 1)
+    print(json.dumps(rows, indent=1) if args.format == "json" else format_table(rows))
 
 
 if __name__ == "__main__":

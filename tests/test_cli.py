@@ -5,55 +5,67 @@ traceback. Each case runs ``python -m subspace_tuning.<tool>`` in a subprocess, 
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from pathlib import Path
 
 import pytest
 
 # (tool and arguments, exit status, phrase in stdout + stderr)
 CASES = [
     # --help / -h: usage, the arguments, an example; exit 0
-    ("params --help", 0, "usage: python -m subspace_tuning.params [model=<name in conf/model/>]"),
-    ("params -h", 0, "python -m subspace_tuning.params model=roberta-large format=json"),
-    ("export --help", 0, "usage: python -m subspace_tuning.export <run folder> [out=<folder>]"),
-    ("export -h", 0, "python -m subspace_tuning.export <run folder> out=exported/mrpc-dora"),
+    ("params --help", 0, "usage: python -m subspace_tuning.params [-h] [--model NAME]"),
+    ("params -h", 0, "python -m subspace_tuning.params --model roberta-large --format json"),
+    ("export --help", 0, "usage: python -m subspace_tuning.export [-h] [--out DIR] RUN_FOLDER"),
+    ("export -h", 0, "python -m subspace_tuning.export <run folder> --out exported/mrpc-dora"),
     ("report --help", 0, "python -m subspace_tuning.report outputs/table2_roberta_base"),
     ("report -h", 0, "--stat {mean,median}"),
     ("bench --help", 0, "python -m subspace_tuning.bench --methods lora,dora"),
     # unknown or missing arguments: exit 2, the argument named, the accepted ones listed
-    ("params --bogus", 2, "error: unknown argument '--bogus'; usage: python -m subspace_tuning.params [model="),
-    ("params bogus=1", 2, "error: unknown setting 'bogus=1': 'bogus' is not one of model, format"),
-    ("params roberta-base", 2, "error: unknown argument 'roberta-base'; usage:"),
-    ("params format=xml", 2, "error: unknown format 'xml'; choose one of: table, json"),
-    ("params model=tiny-roberta model=minilm", 2, "error: model= is given twice"),
-    ("export", 2, "error: give exactly one run folder (got none); usage:"),
-    ("export run_a run_b", 2, "error: give exactly one run folder (got 2: 'run_a', 'run_b')"),
-    ("export run_a outt=x", 2, "error: unknown setting 'outt=x': 'outt' is not one of out"),
-    ("export run_a --force", 2, "error: unknown argument '--force'"),
+    ("params --bogus", 2, "error: unrecognized arguments: --bogus; usage: python -m subspace_tuning.params [-h]"),
+    ("params model=roberta-base", 2, "error: unrecognized arguments: model=roberta-base; usage:"),  # the old form
+    ("params roberta-base", 2, "error: unrecognized arguments: roberta-base; usage:"),
+    ("params --format xml", 2, "error: argument --format: invalid choice: 'xml' (choose from 'table', 'json')"),
+    ("params --model tiny-roberta --model minilm", 2, "error: argument --model: given twice (tiny-roberta, minilm)"),
+    ("params --mod tiny-roberta", 2, "error: unrecognized arguments: --mod tiny-roberta"),  # no abbreviations
+    ("export", 2, "error: the following arguments are required: RUN_FOLDER; usage:"),
+    ("export run_a run_b", 2, "error: unrecognized arguments: run_b; usage: python -m subspace_tuning.export"),
+    ("export run_a --outt x", 2, "error: unrecognized arguments: --outt x"),
+    ("export run_a --force", 2, "error: unrecognized arguments: --force"),
+    ("export run_a out=x", 2, "error: unrecognized arguments: out=x"),  # the old form
     ("report", 2, "error: the following arguments are required: folders; usage: python -m subspace_tuning.report"),
     ("report outputs --bogus", 2, "error: unrecognized arguments: --bogus; usage:"),
     ("report outputs --stat mode", 2, "error: argument --stat: invalid choice: 'mode' (choose from 'mean', 'median')"),
     ("bench --bogus", 2, "error: unrecognized arguments: --bogus; usage: python -m subspace_tuning.bench [-h]"),
     # models come from conf/model/ only: a path or a file name is refused (exit 1, like an unknown model)
-    ("params model=/etc/hostname", 1, "error: model '/etc/hostname' is not a model name: models come from"),
-    ("params model=../model/tiny-roberta", 1, "is not a model name"),
-    ("params model=tiny-roberta.yaml", 1, "named by their file name without .yaml"),
-    ("params model=nope", 1, "error: unknown model 'nope'; choose one of: deberta-v3-base"),
+    ("params --model /etc/hostname", 1, "error: model '/etc/hostname' is not a model name: models come from"),
+    ("params --model ../model/tiny-roberta", 1, "is not a model name"),
+    ("params --model tiny-roberta.yaml", 1, "named by their file name without .yaml"),
+    ("params --model nope", 1, "error: unknown model 'nope'; choose one of: deberta-v3-base"),
     ("bench --quick --model ../model/tiny-roberta", 1, "error: model '../model/tiny-roberta' is not a model name"),
+    # the script that is not part of the package follows the same convention
+    ("scripts/profile_svd.py --help", 0, "python scripts/profile_svd.py --model roberta-base --threads 1"),
+    ("scripts/profile_svd.py --batch 0", 2, "error: argument --batch: invalid positive_int value: '0'; usage:"),
+    ("scripts/profile_svd.py --model ../model/tiny-roberta", 1, "is not a model name"),
     # errors after parsing: still one paragraph
     ("export no/such/run", 2, "error: no/such/run is not a finished run folder: config.yaml is missing"),
     ("report no/such/sweep", 2, "error: no such folder: no/such/sweep"),
     # and a command that works
-    ("params model=tiny-roberta", 0, "lora                 8"),
+    ("params --model tiny-roberta", 0, "lora                 8"),
 ]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ("train", "params", "export", "report", "bench")  # each a console script subspace-tuning-<tool>
 
 
 def _run(args: str) -> subprocess.CompletedProcess:
     tool, *rest = args.split()
-    return subprocess.run([sys.executable, "-m", f"subspace_tuning.{tool}", *rest], capture_output=True, text=True,
-                          timeout=300)
+    command = [str(ROOT / tool)] if tool.endswith(".py") else ["-m", f"subspace_tuning.{tool}"]
+    return subprocess.run([sys.executable, *command, *rest], capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
 @cache
@@ -85,3 +97,24 @@ def test_bench_counts_are_positive(capsys: pytest.CaptureFixture) -> None:
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.startswith(f"error: argument {args[0]}: invalid ") and "\n" not in \
             err.rstrip("\n")
+
+
+def test_every_tool_is_a_console_script() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert sorted(scripts) == sorted(f"subspace-tuning-{tool}" for tool in TOOLS)
+    for tool in TOOLS:
+        module, _, attr = scripts[f"subspace-tuning-{tool}"].partition(":")
+        assert module == f"subspace_tuning.{tool}" and callable(getattr(importlib.import_module(module), attr))
+
+
+def test_a_console_script_names_itself(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from subspace_tuning.report import parse_args
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/subspace-tuning-report", "outputs", "--bogus"])
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(None)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: unrecognized arguments: --bogus; usage: "
+                                                        "subspace-tuning-report [-h]")
+    assert err.rstrip().endswith("see subspace-tuning-report --help")
