@@ -1,4 +1,5 @@
-"""Figures of a report (``python -m subspace_tuning.report <folders> --figures``), as PNG and PDF.
+"""Figures of a report (``python -m subspace_tuning.report <folders> --figures``), as PNG and PDF, drawn from the
+tables of ``subspace_tuning.results`` (this module and the report import results, never each other).
 
 - ``<model>_avg_vs_rank``: the average score of every ranked method (and MPC variant, and command-line
   variant) against the rank, with standard-error bars (the paper's Figs. 4 and 5).
@@ -16,9 +17,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .report import METHOD_NAMES, STATISTICS, ModelTable, Paper, ReportError, Row, RowKey, Stat, output_suffix
-
-RECONSTRUCTION = ("sam_parser", "ia3", "ssl", "ssb", "bitfit", "prompt_tuning", "prefix_tuning")
+from .results import (
+    STATISTICS,
+    ModelTable,
+    Paper,
+    ReportError,
+    Row,
+    RowKey,
+    Stat,
+    display_name,
+    family,
+    output_suffix,
+)
 
 
 def _pyplot() -> Any:
@@ -96,7 +106,7 @@ def rank_panels(rows: list[Row]) -> list[tuple[str, list[Row]]]:
     by_method: dict[str, list[Row]] = {}
     for row in rows:
         by_method.setdefault(row.key.method, []).append(row)
-    panels += [(f"{METHOD_NAMES.get(method, method)} with MPC", group) for method, group in by_method.items()
+    panels += [(f"{display_name(method)} with MPC", group) for method, group in by_method.items()
                if len({row.key.mpc for row in group}) > 1]
     return panels
 
@@ -154,8 +164,9 @@ def rank_figure(plt: Any, table: ModelTable, paper: Paper | None, path: Path, ep
 
 
 def reconstruction_figure(plt: Any, table: ModelTable, paper: Paper | None, path: Path, epoch: str) -> str | None:
-    """The reconstruction methods' average score against their parameter budget (Fig. 2c)."""
-    drawn, skipped = _averages(table, [row for row in table.rows if row.key.method in RECONSTRUCTION])
+    """The reconstruction methods' (the family, from the method classes) average score against their parameter
+    budget (Fig. 2c)."""
+    drawn, skipped = _averages(table, [row for row in table.rows if family(row.key.method) == "reconstruction"])
     drawn = [(row, avg) for row, avg in drawn if row.per_mille is not None]
     if not drawn:
         return None

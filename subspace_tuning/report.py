@@ -1,4 +1,4 @@
-"""Aggregate run folders into the paper's tables (and figures).
+"""The paper's tables (and figures) of a set of run folders: Markdown, CSV and LaTeX.
 
     python -m subspace_tuning.report outputs/table2_roberta_base            # Markdown, CSV and LaTeX
     python -m subspace_tuning.report outputs/a outputs/b --last --paper      # last-epoch scores, paper beside
@@ -16,9 +16,11 @@ row, task and seed, e.g. a sweep folder copied twice) are never averaged: one is
 under the table. ``--paper`` adds the published numbers of the paper (``paper_results.json``) and our
 difference to them under each row.
 
-Only the standard library is imported here, so the command starts at once; matplotlib is imported for
-``--figures`` only, and the parameter-budget fallback (rows without any run that recorded its budget)
-imports torch lazily through ``subspace_tuning.params``.
+This module renders the tables; ``subspace_tuning.results`` reads and aggregates the runs and holds the paper's
+numbers, ``subspace_tuning.figures`` draws the figures (matplotlib, imported for ``--figures`` only). Importing
+this module imports only the standard library, so ``--help`` answers at once; labelling and ordering the rows
+reads the method classes (torch), and the parameter-budget fallback (rows without any run that recorded its
+budget) builds the models on the meta device through ``subspace_tuning.params``.
 """
 
 from __future__ import annotations
@@ -26,390 +28,34 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
-import math
 import re
-import statistics
-import sys
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from .cli import ArgumentParser, fail
 from .errors import SubspaceTuningError
+from .results import (
+    STATISTICS,
+    STATUSES,
+    ModelTable,
+    Paper,
+    ReportError,
+    Row,
+    RunRecord,
+    build_tables,
+    find_runs,
+    load_paper,
+    lookup_budgets,
+    output_suffix,
+    task_order,
+)
 
-GLUE_TASKS = ("mnli", "sst2", "cola", "qqp", "qnli", "rte", "mrpc", "stsb")
 TASK_TITLES = {"mnli": "MNLI", "sst2": "SST-2", "cola": "CoLA", "qqp": "QQP", "qnli": "QNLI", "rte": "RTE",
                "mrpc": "MRPC", "stsb": "STS-B"}
 METRIC_TITLES = {"accuracy": "Acc", "matthews": "Mcc", "pearson": "Pearson", "spearman": "Spearman", "f1": "F1"}
-# The paper's headline metric per task; a cell scored otherwise is not compared with it.
-PAPER_METRICS = {"mnli": "accuracy", "sst2": "accuracy", "cola": "matthews", "qqp": "accuracy", "qnli": "accuracy",
-                 "rte": "accuracy", "mrpc": "accuracy", "stsb": "pearson"}
-# Row order of the paper's tables: rank-free rows first, then each rank block in this method order.
-METHOD_ORDER = ("full", "sam_parser", "ia3", "ssl", "ssb", "bitfit", "prompt_tuning", "prefix_tuning",
-                "hadapter", "padapter", "pa", "lora", "trilora", "adalora", "flora", "dora", "vera", "lotr",
-                "spectral_adapter", "svdiff")
-MPC_ORDER = ("none", "o", "d", "n")
-METHOD_NAMES = {"full": "Fully FT", "sam_parser": "SAM-PARSER", "ia3": "(IA)3", "ssl": "SSL", "ssb": "SSB",
-                "bitfit": "BitFit", "prompt_tuning": "Prompt tuning", "prefix_tuning": "Prefix tuning",
-                "hadapter": "HAdapter", "padapter": "PAdapter", "pa": "PA", "lora": "LoRA", "trilora": "TriLoRA",
-                "adalora": "AdaLoRA", "flora": "FLoRA", "dora": "DoRA", "vera": "VeRA", "lotr": "LoTR",
-                "spectral_adapter": "Spectral Adapter", "svdiff": "SVDiff"}
-STATUSES = ("completed", "failed", "running")
 NO_PAPER = "no published number"
-PAPER_FILE = Path(__file__).with_name("paper_results.json")
 FORMATS = ("md", "csv", "tex")
-# What a cell shows: the mean with its standard error (the default), or the median that some peers report.
-STATISTICS = {"mean": "mean ± standard error over seeds", "median": "median over seeds"}
 MAX_LISTED = 20  # failed runs (and duplicate records) listed under a table
-# Variant settings that can change a method's parameter count: a row with one gets no looked-up budget.
-BUDGET_KEYS = ("method.", "model.")
-
-BudgetLookup = Callable[[str, list[tuple[str, int | None]]], dict[tuple[str, int | None], float]]
-Variant = tuple[tuple[str, str], ...]
-
-
-class ReportError(SubspaceTuningError):
-    """The folders or files given to the report cannot be aggregated."""
-
-
-# --- reading runs ---------------------------------------------------------------------------------
-def _natural(value: str) -> tuple[int, float, str]:
-    """Sort numbers by value ('3e-4' before '0.001'), then any other text alphabetically."""
-    try:
-        return (0, float(value), value)
-    except ValueError:
-        return (1, 0.0, value)
-
-
-@dataclass(frozen=True)
-class RowKey:
-    """One row of a table: a method at a rank (None for rank-free methods) with an MPC variant, and the
-    settings its runs changed on the command line (``variant``: sorted (key, value) pairs; () for none)."""
-
-    method: str
-    rank: int | None
-    mpc: str
-    variant: Variant = ()
-
-    @property
-    def base(self) -> RowKey:
-        """The row without its variant: the paper's row of the same method, rank and MPC."""
-        return RowKey(self.method, self.rank, self.mpc)
-
-    @property
-    def variant_text(self) -> str:
-        """'method.alpha=32,optim.lr=0.001' ('' for the experiment's own settings)."""
-        return ",".join(f"{key}={value}" for key, value in self.variant)
-
-    @property
-    def label(self) -> str:
-        """The paper's row name: 'LoRA + MPC_o'; AdaLoRA's own regulariser is MPC_o ('AdaLoRA - MPC_o'); a variant
-        follows in brackets: 'LoRA [optim.lr=0.001]'."""
-        name = METHOD_NAMES.get(self.method, self.method)
-        if self.method == "adalora":
-            name = {"none": "AdaLoRA - MPC_o", "o": name}.get(self.mpc, f"{name} - MPC_o + MPC_{self.mpc}")
-        elif self.mpc != "none":
-            name = f"{name} + MPC_{self.mpc}"
-        return f"{name} [{self.variant_text}]" if self.variant else name
-
-    def sort_key(self) -> tuple[Any, ...]:
-        method = METHOD_ORDER.index(self.method) if self.method in METHOD_ORDER else len(METHOD_ORDER)
-        mpc = MPC_ORDER.index(self.mpc) if self.mpc in MPC_ORDER else len(MPC_ORDER)
-        variant = [(key, _natural(value)) for key, value in self.variant]
-        return (self.rank is not None, self.rank or 0, method, self.method, mpc, self.mpc, variant)
-
-
-@dataclass
-class RunRecord:
-    """What the report needs from one ``metrics.json``; scores in percent. ``duplicates``: other records of
-    the same run (row, task and seed) that were left out in favour of this one."""
-
-    path: Path
-    model: str
-    task: str
-    key: RowKey
-    seed: Any
-    status: str
-    metric: str
-    best: float | None
-    last: float | None
-    per_mille: float | None
-    error: str | None
-    protocol: str | None = None
-    fingerprint: str | None = None
-    duplicates: list[RunRecord] = field(default_factory=list)
-
-    def score(self, last: bool) -> float | None:
-        return self.last if last else self.best
-
-
-def _headline(path: Path, data: dict[str, Any], which: str) -> float | None:
-    record = data.get(which)
-    if record is None:
-        if data["status"] == "completed":
-            raise ReportError(f"{path} says the run completed but has no '{which}' evaluation; the file is not "
-                              f"a run record this version of the runner writes.")
-        return None
-    try:
-        return 100.0 * float(record["scores"][data["metric"]])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ReportError(f"{path}: its '{which}' evaluation has no score for the headline metric "
-                          f"{data['metric']!r} ({err!r}).") from None
-
-
-def _variant(path: Path, data: dict[str, Any]) -> Variant:
-    """The run's command-line settings as sorted pairs; files written before runs recorded them have none."""
-    variant = data.get("variant") or {}
-    if not isinstance(variant, dict):
-        raise ReportError(f"{path}: 'variant' is {variant!r}, not an object of setting -> value; the file is not a "
-                          f"run record this version of the runner writes.")
-    return tuple(sorted((str(key), str(value)) for key, value in variant.items()))
-
-
-def read_run(path: Path) -> RunRecord:
-    """Read one ``metrics.json``; a clear ReportError names the file when it is not a readable run record."""
-    try:
-        data = json.loads(path.read_text())
-    except OSError as err:
-        raise ReportError(f"cannot read {path}: {err.strerror or err}.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        where = f"{err.msg} at line {err.lineno}, column {err.colno}" if isinstance(err, json.JSONDecodeError) \
-            else "not UTF-8 text"
-        raise ReportError(f"{path} is not valid JSON ({where}). A run always writes it whole, so it was edited or "
-                          f"copied partly; rerun that run or remove its folder.") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{path} is not a run record (a JSON object).")
-    missing = [k for k in ("status", "model", "task", "method", "mpc", "seed", "metric") if k not in data]
-    if missing:
-        raise ReportError(f"{path} is not a run record: it has no {', '.join(map(repr, missing))}.")
-    if data["status"] not in STATUSES:
-        raise ReportError(f"{path} has status {data['status']!r}; expected one of {', '.join(STATUSES)}.")
-    try:
-        rank = None if data.get("rank") is None else int(data["rank"])
-        params = data.get("parameters") or {}
-        per_mille = None if params.get("per_mille") is None else float(params["per_mille"])
-    except (TypeError, ValueError, AttributeError) as err:
-        raise ReportError(f"{path}: its rank or parameter budget is not a number ({err}).") from None
-    protocol = data.get("protocol")
-    return RunRecord(path=path, model=str(data["model"]), task=str(data["task"]),
-                     key=RowKey(str(data["method"]), rank, str(data["mpc"]), _variant(path, data)),
-                     seed=data["seed"], status=data["status"], metric=str(data["metric"]),
-                     best=_headline(path, data, "best"), last=_headline(path, data, "last"), per_mille=per_mille,
-                     error=data.get("error"), protocol=None if protocol is None else str(protocol),
-                     fingerprint=data.get("config_fingerprint"))
-
-
-def find_runs(folders: Iterable[Path]) -> list[RunRecord]:
-    """Every run below ``folders``, one record per (model, task, row, seed): further records of the same run
-    are attached to the one kept (``RunRecord.duplicates``), never counted as more seeds."""
-    runs: dict[tuple[Any, ...], list[RunRecord]] = {}
-    for folder in folders:
-        if not folder.exists():
-            raise ReportError(f"no such folder: {folder}")
-        files = [folder] if folder.is_file() else sorted(folder.rglob("metrics.json"))
-        if not files:
-            raise ReportError(f"found no metrics.json under {folder}. A run writes <sweep>/<model>/<task>/<method>/"
-                              f"<r8 | no-rank>/mpc-<mpc>/[<variant>/]seed<seed>/metrics.json; give a sweep folder "
-                              f"such as outputs/<experiment_name>.")
-        for path in files:
-            run = read_run(path)
-            runs.setdefault((run.model, run.task, run.key, str(run.seed)), []).append(run)
-    kept = []
-    for copies in runs.values():
-        # Keep the completed and newest; the others are listed under the table (a copied sweep folder, or
-        # runs of different settings that recorded no variant).
-        copies.sort(key=lambda r: (r.status == "completed", r.path.stat().st_mtime), reverse=True)
-        copies[0].duplicates = copies[1:]
-        kept.append(copies[0])
-    return kept
-
-
-# --- aggregation ------------------------------------------------------------------------------------
-@dataclass
-class Stat:
-    """A central value (mean or median) with its standard error (None from one value, and for the median)
-    over n_min..n_max seeds."""
-
-    value: float
-    se: float | None
-    n_min: int
-    n_max: int
-
-    def text(self, extra: str = "") -> str:
-        """'85.23 ± 0.41 (5)'; ``extra`` goes inside the parentheses."""
-        seeds = str(self.n_min) if self.n_min == self.n_max else f"{self.n_min}-{self.n_max}"
-        spread = "" if self.se is None else f" ± {self.se:.2f}"
-        return f"{self.value:.2f}{spread} ({seeds}{extra})"
-
-
-@dataclass
-class Cell:
-    """The runs of one (row, task): scores of the completed ones, counts of the others, summarised by
-    ``statistic`` (a key of STATISTICS)."""
-
-    metric: str
-    statistic: str = "mean"
-    values: list[float] = field(default_factory=list)
-    failed: int = 0
-    running: int = 0
-    duplicates: int = 0
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.values) and not self.failed and not self.running
-
-    def stat(self) -> Stat | None:
-        if not self.values:
-            return None
-        n = len(self.values)
-        if self.statistic == "median":
-            return Stat(statistics.median(self.values), None, n, n)
-        se = statistics.stdev(self.values) / math.sqrt(n) if n > 1 else None
-        return Stat(statistics.fmean(self.values), se, n, n)
-
-    def text(self) -> str:
-        stat = self.stat()
-        others = ", ".join(f"{count} {name}" for count, name in (
-            (self.failed, "failed"), (self.running, "running"),
-            (self.duplicates, "duplicate" if self.duplicates == 1 else "duplicates")) if count)
-        if stat is None:
-            return f"– ({others})"
-        return stat.text(f"; {others}" if others else "")
-
-
-@dataclass
-class Row:
-    key: RowKey
-    per_mille: float | None
-    cells: dict[str, Cell]
-
-    def average(self, tasks: list[str]) -> Stat | None:
-        """Mean of the task means (or medians), only when every task cell is complete; its SE (means only)
-        assumes independent tasks."""
-        cells = [self.cells.get(task) for task in tasks]
-        if not tasks or not all(cell is not None and cell.complete for cell in cells):
-            return None
-        stats = [cell.stat() for cell in cells]
-        ses = [s.se for s in stats]
-        se = None if None in ses else math.sqrt(sum(s * s for s in ses)) / len(ses)
-        return Stat(statistics.fmean(s.value for s in stats), se, min(s.n_min for s in stats),
-                    max(s.n_max for s in stats))
-
-    def protocols(self, runs: list[RunRecord]) -> list[str]:
-        """The protocols recorded by this row's runs (files written before runs recorded one have none)."""
-        return sorted({run.protocol for run in runs if run.key == self.key and run.protocol is not None})
-
-
-@dataclass
-class ModelTable:
-    """One model's table: its tasks (columns) with their headline metric, and rows; ``statistic`` summarises
-    a cell's seeds."""
-
-    model: str
-    tasks: list[str]
-    metrics: dict[str, str]
-    rows: list[Row]
-    runs: list[RunRecord]
-    statistic: str = "mean"
-
-    def row(self, key: RowKey) -> Row | None:
-        return next((row for row in self.rows if row.key == key), None)
-
-
-def task_order(tasks: Iterable[str]) -> list[str]:
-    """GLUE tasks in the paper's column order, then any other task alphabetically."""
-    tasks = set(tasks)
-    return [t for t in GLUE_TASKS if t in tasks] + sorted(tasks - set(GLUE_TASKS))
-
-
-def build_tables(runs: list[RunRecord], last: bool = False, budget_lookup: BudgetLookup | None = None,
-                 statistic: str = "mean") -> list[ModelTable]:
-    """Group runs into one table per model. ``budget_lookup`` supplies per-mille budgets for rows none of whose
-    runs recorded one (it is given the model and the (method, rank) pairs); ``statistic``: a key of STATISTICS."""
-    if statistic not in STATISTICS:
-        raise ReportError(f"unknown statistic {statistic!r}; choose one of: {', '.join(STATISTICS)}.")
-    tables = []
-    for model in sorted({run.model for run in runs}):
-        model_runs = [run for run in runs if run.model == model]
-        metrics: dict[str, str] = {}
-        cells: dict[RowKey, dict[str, Cell]] = {}
-        budgets: dict[RowKey, list[float]] = {}
-        for run in model_runs:
-            if metrics.setdefault(run.task, run.metric) != run.metric:
-                other = next(r for r in model_runs if r.task == run.task and r.metric != run.metric)
-                raise ReportError(f"{model} {run.task}: runs score different headline metrics ({run.metric} in "
-                                  f"{run.path}, {other.metric} in {other.path}); report them separately.")
-            cell = cells.setdefault(run.key, {}).setdefault(run.task, Cell(run.metric, statistic))
-            if run.status == "completed":
-                cell.values.append(run.score(last))
-            elif run.status == "failed":
-                cell.failed += 1
-            else:
-                cell.running += 1
-            cell.duplicates += len(run.duplicates)
-            if run.per_mille is not None:
-                budgets.setdefault(run.key, []).append(run.per_mille)
-        keys = sorted(cells, key=RowKey.sort_key)
-        # The closed-form budget is the default settings': not for a variant that changes the method or model.
-        unknown = [k for k in keys if k not in budgets and not any(key.startswith(BUDGET_KEYS) for key, _ in k.variant)]
-        pairs = list(dict.fromkeys((k.method, k.rank) for k in unknown))
-        looked_up = budget_lookup(model, pairs) if pairs and budget_lookup else {}
-        rows = [Row(k, statistics.median(budgets[k]) if k in budgets
-                    else looked_up.get((k.method, k.rank)) if k in unknown else None, cells[k]) for k in keys]
-        tables.append(ModelTable(model, task_order(metrics), metrics, rows, model_runs, statistic))
-    return tables
-
-
-def lookup_budgets(model: str, pairs: list[tuple[str, int | None]]) -> dict[tuple[str, int | None], float]:
-    """Closed-form per-mille budgets from ``subspace_tuning.params`` (imports torch; only when needed)."""
-    try:
-        from .params import table_rows
-
-        rows = table_rows(model, sorted({method for method, _ in pairs}))
-    except (SubspaceTuningError, ImportError, OSError):
-        return {}  # an unknown model or method: the budget shows as missing
-    return {(row["method"], row["rank"]): row["per_mille"] for row in rows}
-
-
-# --- the paper's numbers -----------------------------------------------------------------------------
-@dataclass
-class Paper:
-    """The published numbers (``paper_results.json``), by model and row."""
-
-    source: str
-    rows: dict[str, dict[RowKey, dict[str, Any]]]
-
-    def row(self, model: str, key: RowKey) -> dict[str, Any] | None:
-        """The published row of ``key``'s method, rank and MPC; a variant row is compared with it too."""
-        return self.rows.get(model, {}).get(key.base)
-
-    def score(self, model: str, key: RowKey, task: str, metric: str) -> float | None:
-        row = self.row(model, key)
-        if row is None or PAPER_METRICS.get(task) != metric:
-            return None
-        return row["scores"].get(task)
-
-    def average(self, table: ModelTable, key: RowKey) -> tuple[float | None, bool]:
-        """The published average over all 8 tasks, or the mean of the published scores over the subset of them
-        in ``table`` (flagged True: computed here from the paper's numbers, to compare like with like). None
-        when a task of the table has no published number in the metric it is scored in."""
-        scores = [self.score(table.model, key, task, table.metrics[task]) for task in table.tasks]
-        if not scores or None in scores:
-            return None, False
-        if table.tasks == list(GLUE_TASKS):
-            return self.row(table.model, key)["avg"], False
-        return statistics.fmean(scores), True
-
-
-def load_paper(path: Path = PAPER_FILE) -> Paper:
-    try:
-        data = json.loads(path.read_text())
-        rows = {model: {RowKey(r["method"], r["rank"], r["mpc"]): r for r in table["rows"]}
-                for model, table in data["tables"].items()}
-        return Paper(data["source"]["citation"], rows)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ReportError(f"the paper's numbers ({path}) cannot be read: {err!r}; reinstall the package.") from None
 
 
 # --- output ---------------------------------------------------------------------------------------------
@@ -628,11 +274,6 @@ def to_latex(tables: list[ModelTable], last: bool, paper: Paper | None) -> str:
     return "\n".join(out)
 
 
-def output_suffix(last: bool, statistic: str) -> str:
-    """'' for the default report, '_last' / '_median' / '_last_median' otherwise: no option overwrites
-    another's files."""
-    return ("_last" if last else "") + ("" if statistic == "mean" else f"_{statistic}")
-
 
 def write_reports(tables: list[ModelTable], out_dir: Path, formats: list[str], last: bool,
                   paper: Paper | None) -> tuple[str, list[Path]]:
@@ -654,72 +295,7 @@ def write_reports(tables: list[ModelTable], out_dir: Path, formats: list[str], l
     return markdown, written
 
 
-# --- command line -----------------------------------------------------------------------------------------
-# The conventions of the small command-line tools (report, bench: argparse; params, export: key=value). They
-# live here because this module imports only the standard library, so every tool can use them cheaply.
-class UsageError(SubspaceTuningError):
-    """A command line a tool does not accept: an unknown or missing argument."""
-
-
-def fail(err: object, code: int = 2) -> NoReturn:
-    """Print ``error: <err>`` (one paragraph) on stderr and exit with ``code``."""
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(code)
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def examples(doc: str) -> str:
-    """The example command lines of a module docstring (its lines that start with 'python -m ')."""
-    return "\n".join(line for line in doc.splitlines() if line.strip().startswith("python -m "))
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose ``--help`` ends with the module docstring's examples, and whose parse errors are one
-    paragraph on stderr: 'error: <what>; usage: <the accepted arguments>; see --help', exit status 2."""
-
-    def __init__(self, prog: str, doc: str) -> None:
-        super().__init__(prog=prog, description=doc.split("\n\n")[0], epilog="examples:\n" + examples(doc),
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{message}; {one_line(self.format_usage())}; see {self.prog} --help")
-
-
-OPTION_KEY = re.compile(r"[A-Za-z_][\w.]*")
-
-
-def key_value_args(argv: list[str], usage: str, doc: str, keys: Collection[str],
-                   positional: bool = False) -> tuple[list[str], dict[str, str]]:
-    """Split a key=value command line (params, export) into positional arguments and settings.
-
-    ``-h`` / ``--help`` prints ``usage`` and ``doc`` and exits 0. A ``key=value`` whose key is not in ``keys``,
-    a key given twice, an option (``-x``) or, without ``positional``, any other word is a UsageError naming it.
-    A positional argument may contain '=' (a run folder of a variant, ``.../optim.lr=0.001/seed0``).
-    """
-    if "-h" in argv or "--help" in argv:
-        print(f"{usage}\n\n{doc.strip()}")
-        sys.exit(0)
-    accepted = f"{usage}; see --help"
-    positionals: list[str] = []
-    options: dict[str, str] = {}
-    for arg in argv:
-        key, equals, value = arg.partition("=")
-        if equals and key in keys:
-            if key in options:
-                raise UsageError(f"{key}= is given twice ({key}={options[key]}, {arg}); {accepted}")
-            options[key] = value
-        elif equals and OPTION_KEY.fullmatch(key) and "/" not in arg and not Path(arg).exists():
-            raise UsageError(f"unknown setting {arg!r}: {key!r} is not one of {', '.join(keys)}; {accepted}")
-        elif arg.startswith("-") or not positional:
-            raise UsageError(f"unknown argument {arg!r}; {accepted}")
-        else:
-            positionals.append(arg)
-    return positionals, options
-
-
+# --- command line (the tools' convention: subspace_tuning.cli) ---------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser("python -m subspace_tuning.report", __doc__)
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folders (searched recursively for metrics.json)")
@@ -763,8 +339,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # Run the package's copy of this module: under ``python -m`` this file is __main__, and figures.py imports
-    # subspace_tuning.report, whose classes would otherwise differ from these (RowKey equality would fail).
-    from subspace_tuning.report import main as package_main
-
-    package_main()
+    main()

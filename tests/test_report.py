@@ -12,15 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from subspace_tuning.report import (
-    GLUE_TASKS,
-    PAPER_FILE,
-    RowKey,
-    build_tables,
-    find_runs,
-    load_paper,
-    main,
-)
+from subspace_tuning.report import main
+from subspace_tuning.results import GLUE_TASKS, PAPER_FILE, RowKey, build_tables, find_runs, load_paper
 
 METRIC = {"cola": "matthews", "stsb": "pearson"}
 
@@ -142,6 +135,26 @@ def test_rows_in_the_papers_order_with_its_labels(tmp_path: Path) -> None:
     assert [(r.key.label, r.key.rank) for r in table.rows] == [
         ("Fully FT", None), ("SAM-PARSER", None), ("SSB", None), ("LoRA + MPC_n", 2), ("HAdapter", 8),
         ("LoRA", 8), ("LoRA + MPC_o", 8), ("AdaLoRA - MPC_o", 8), ("AdaLoRA", 8)]
+
+
+def test_names_order_and_family_come_from_the_method_classes(tmp_path: Path) -> None:
+    """A method registered later (no entry anywhere in the report) is labelled and placed by its class."""
+    from subspace_tuning.figures import rank_panels
+    from subspace_tuning.methods import method_class, register, unregister
+
+    gated = register(type("GatedLoRA", (method_class("lora"),), {
+        "name": "gated_lora_report_test", "display_name": "Gated LoRA", "paper_order": 125}))
+    try:
+        for method in ("trilora", gated.name, "lora", "not_registered"):
+            write_run(tmp_path, "rte", method=method)
+        for mpc in ("none", "o"):
+            write_run(tmp_path, "rte", method=gated.name, mpc=mpc, seed=1)
+        rows = build_tables(find_runs([tmp_path]))[0].rows
+        assert [r.key.label for r in rows] == ["LoRA", "Gated LoRA", "Gated LoRA + MPC_o", "TriLoRA",
+                                               "not_registered"]
+        assert [title for title, _ in rank_panels(rows)] == ["methods", "Gated LoRA with MPC"]
+    finally:
+        unregister(gated.name)
 
 
 def test_one_table_per_model_and_duplicates_counted_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -363,7 +376,7 @@ def test_paper_data_file_is_complete_and_consistent() -> None:
         for rank in (2, 4, 8, 16):  # the paper prints PA and LoRA + MPC_n identically
             assert by_key[("pa", rank, "none")]["scores"] == by_key[("lora", rank, "n")]["scores"]
     base = {(r["method"], r["rank"]): r["per_mille"] for r in data["tables"]["roberta-base"]["rows"]}
-    assert [base[("lora", r)] for r in (2, 4, 8, 16)] == [2.65, 5.31, 10.62, 21.24]  # SPEC's budget table
+    assert [base[("lora", r)] for r in (2, 4, 8, 16)] == [2.65, 5.31, 10.62, 21.24]  # the paper's Table II budgets
     assert [base[(m, None)] for m in ("sam_parser", "ia3", "ssl", "ssb", "bitfit", "full")] == [
         0.44, 0.44, 0.22, 0.66, 0.82, 1000]
     paper = load_paper()
@@ -411,6 +424,17 @@ def test_report_imports_no_heavy_libraries() -> None:
             "print(sorted(m for m in ('torch', 'transformers', 'matplotlib', 'numpy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_results_report_and_figures_import_no_cycle() -> None:
+    """results is the shared layer: it imports neither renderer, and the report and the figures never import each
+    other (each imported alone in a fresh interpreter)."""
+    others = {"results": ("report", "figures"), "report": ("figures",), "figures": ("report",)}
+    for module, forbidden in others.items():
+        code = (f"import sys, subspace_tuning.{module}; "
+                f"print([m for m in {forbidden!r} if 'subspace_tuning.' + m in sys.modules])")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert result.stdout.strip() == "[]", (module, result.stdout)
 
 
 # --- figures ----------------------------------------------------------------------------------------------
