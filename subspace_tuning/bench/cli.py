@@ -14,25 +14,10 @@ QUICK = {"model": "tiny-roberta", "batch": 2, "seq_len": 16, "repeats": 2, "warm
 DEFAULTS = {"model": "roberta-base", "batch": 8, "seq_len": 128, "repeats": 7, "warmup": 2, "threads": None}
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (argparse turns the ValueError into a usage error)."""
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, defaults filled in (``--quick``: ``QUICK``); a bad one exits 2 with one 'error:' line."""
     from .. import bench
-    from ..report import ArgumentParser
+    from ..cli import ArgumentParser, non_negative_int, positive_int
 
     parser = ArgumentParser("python -m subspace_tuning.bench", bench.__doc__)
     parser.add_argument("--model", default=None,
@@ -79,7 +64,7 @@ def check_device(spec: str | None) -> None:
 
 def check_models(*names: str | None) -> None:
     """Models are names in conf/model/, never paths."""
-    from ..params import named_model_yaml
+    from ..cli import named_model_yaml
 
     for name in names:
         if name is not None:
