@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-import functools
 import math
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from .paths import CONF_DIR
 
 
 def reference_steps(train_size: int, batch_size: int, epochs: int) -> int:
@@ -69,26 +66,3 @@ def model_yaml(model_name: str) -> DictConfig:
     if any(sep in model_name for sep in ("/", "\\")) or model_name.endswith(".yaml") or not path.is_file():
         raise ConfigError(choices_message("model", model_name, [p.stem for p in (CONF_DIR / "model").glob("*.yaml")]))
     return OmegaConf.load(path)
-
-
-# Outside a composed run the protocol interpolations of a method YAML (AdaLoRA's schedule and alpha) resolve
-# under protocol=simple: one global choice, not a task's scripts (docs/protocol.md).
-DEFAULTS_PROTOCOL = "simple"
-
-
-def method_defaults(method_name: str) -> dict:
-    """The settings of ``conf/method/<method_name>.yaml`` without its name, composed as a run composes them, with
-    the protocol's interpolations under ``DEFAULTS_PROTOCOL``: the one source of a method's default values, for
-    tools that build a method outside a composed run (params, bench, tests). A copy; composed once per name."""
-    return copy.deepcopy(_method_defaults(str(CONF_DIR), method_name))
-
-
-@functools.cache
-def _method_defaults(conf_dir: str, method_name: str) -> dict:
-    from .errors import ConfigError, choices_message
-
-    if not (Path(conf_dir) / "method" / f"{method_name}.yaml").is_file():
-        choices = sorted(p.stem for p in (Path(conf_dir) / "method").glob("*.yaml"))
-        raise ConfigError(f"{choices_message('method', method_name, choices)} (a method's settings live in "
-                          f"{Path(conf_dir) / 'method'}/<name>.yaml)")
-    return method_options(compose([f"method={method_name}", f"protocol={DEFAULTS_PROTOCOL}"]))

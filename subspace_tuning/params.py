@@ -46,8 +46,8 @@ def table_rows(model_name: str, methods: list[str] | None = None) -> list[dict[s
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from .config import method_defaults
     from .methods import REGISTRY, build_method, load_all
+    from .methods.defaults import method_defaults
     from .models import architecture_config
 
     config = architecture_config(model_config)

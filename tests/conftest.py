@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SUBSPACE_TUNING_SHARED", ROOT.parent / "shared"))
 GLUE_DIR = SHARED / "glue"
 TINY_MODELS = ("tiny-roberta", "tiny-deberta")
+# a quick run: a tiny model on the built-in task, no progress bar, the whole dev set in one batch
+QUICK = ["model=tiny-roberta", "task=toy-sentiment", "train.progress=false", "train.eval_batch_size=200"]
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -67,7 +71,7 @@ def temporary_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     """``temporary_method(cls, yaml_text)`` registers a method class for this test, with ``yaml_text`` as its
     ``conf/method/<name>.yaml`` in a copy of conf/ that the config functions read; both are gone afterwards."""
     from subspace_tuning import config
-    from subspace_tuning.methods import load_all, register, unregister
+    from subspace_tuning.methods import defaults, load_all, register, unregister
 
     load_all()  # the built-in methods first, as in any run
     registered = []
@@ -77,13 +81,32 @@ def temporary_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
         if not conf.exists():
             shutil.copytree(config.CONF_DIR, conf)
         (conf / "method" / f"{cls.name}.yaml").write_text(yaml_text)
-        monkeypatch.setattr(config, "CONF_DIR", conf)
+        for module in (config, defaults):
+            monkeypatch.setattr(module, "CONF_DIR", conf)
+        defaults._method_defaults.cache_clear()  # read from the copy from now on
         registered.append(register(cls).name)
         return cls
 
     yield add
     for name in registered:
         unregister(name)
+    defaults._method_defaults.cache_clear()
 
 
 requires_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"no GLUE data at {GLUE_DIR}")
+
+
+def run_in_process(tmp_path: Path, overrides: list[str]) -> dict:
+    """Train ``QUICK`` + ``overrides`` in this process into ``tmp_path / 'run'`` (no Hydra, no run lock)."""
+    from subspace_tuning.config import compose
+    from subspace_tuning.train import train
+
+    cfg = compose(QUICK + [f"data.cache_dir={tmp_path / 'cache'}"] + overrides)
+    return train(cfg, tmp_path / "run")
+
+
+def train_py(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python train.py <args>`` in a subprocess, as a user runs it."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)

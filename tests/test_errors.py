@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_train import QUICK, run_in_process, train_py
+from conftest import QUICK, run_in_process, train_py
 
 from subspace_tuning.errors import ConfigError, DataError
 from subspace_tuning.methods import build_method

@@ -6,8 +6,8 @@ import json
 from importlib.resources import files
 
 import pytest
+from conftest import train_py
 from omegaconf import OmegaConf
-from test_train import train_py
 
 from subspace_tuning.config import CONF_DIR
 

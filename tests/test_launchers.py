@@ -8,8 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import ROOT
-from test_train import QUICK, train_py
+from conftest import QUICK, ROOT, train_py
 
 SWEEP = ["-m", *QUICK, "method=lora", "train.max_steps=2", "seed=0,1", "experiment_name=sweep"]
 

@@ -19,6 +19,7 @@ from torch import nn
 from subspace_tuning import config
 from subspace_tuning.methods import REGISTRY, Method, build_method, catalogue, method_class, register
 from subspace_tuning.methods.base import FAMILIES
+from subspace_tuning.methods.defaults import method_defaults
 from subspace_tuning.methods.extension.lora import LoRALinear, LowRankMethod
 
 CASES = matrix_cases()
@@ -112,7 +113,7 @@ def check_settings_defined_once(cls: type[Method]) -> None:
     assert not with_default, f"{cls.config_class.__name__} repeats the YAML's values of {with_default}"
     built = build_method(cls.name, {}, 4)
     assert {k: v for k, v in dataclasses.asdict(built.config).items() if k != "rank"} == \
-        config.method_defaults(cls.name)
+        method_defaults(cls.name)
 
 
 @pytest.mark.parametrize("name", [cls.name for cls in catalogue()])
@@ -122,10 +123,10 @@ def test_settings_are_defined_once(name):
 
 def test_defaults_resolve_the_protocol_interpolations_under_protocol_simple():
     simple = config.compose(["protocol=simple"]).protocol.adalora
-    defaults = config.method_defaults("adalora")
+    defaults = method_defaults("adalora")
     assert {k: defaults[k] for k in simple} == OmegaConf.to_container(simple)
     defaults["alpha"] = -1.0  # a copy: the cache cannot be changed through it
-    assert config.method_defaults("adalora")["alpha"] == simple.alpha
+    assert method_defaults("adalora")["alpha"] == simple.alpha
 
 
 def test_explicit_settings_win_over_the_yaml():

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from conftest import QUICK, run_in_process, train_py
 
 from subspace_tuning.config import compose
 from subspace_tuning.errors import TrainingDiverged
-from subspace_tuning.train import train
-
-QUICK = ["model=tiny-roberta", "task=toy-sentiment", "train.progress=false", "train.eval_batch_size=200"]
-
-
-def run_in_process(tmp_path, overrides: list[str]) -> dict:
-    cfg = compose(QUICK + [f"data.cache_dir={tmp_path / 'cache'}"] + overrides)
-    return train(cfg, tmp_path / "run")
 
 
 def test_short_run_lowers_the_loss(tmp_path):
@@ -65,12 +54,6 @@ def test_nan_loss_stops_the_run_and_is_recorded(tmp_path, monkeypatch):
         run_in_process(tmp_path, ["method=lora", "train.max_steps=3"])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "nan" in metrics["error"]
-
-
-def train_py(args: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def test_train_py_writes_metrics(tmp_path):

@@ -262,8 +262,8 @@ def build_method(name: str, options: dict[str, Any] | None = None, rank: int | N
                  mpc: dict[str, Any] | None = None) -> Method:
     """Instantiate a method from its settings (``options``), the run's rank and the mpc group's settings
     (``{"name": "none"}`` or absent = no matrix pattern constraint). Settings missing from ``options`` take the
-    values of ``conf/method/<name>.yaml`` (``config.method_defaults``), so ``build_method("lora", {}, 8)`` is the
-    default LoRA; a composed run passes all of them."""
+    values of ``conf/method/<name>.yaml`` (``defaults.method_defaults``), so ``build_method("lora", {}, 8)``
+    is the default LoRA; a composed run passes all of them."""
     cls = method_class(name)
     constraint = MPC.from_config(mpc)
     if constraint.active and constraint.name not in cls.mpc_support:
@@ -279,7 +279,7 @@ def build_method(name: str, options: dict[str, Any] | None = None, rank: int | N
         raise ConfigError(f"method {name!r} has no setting {sorted(unknown)[0]!r}; "
                           f"its settings are: {', '.join(sorted(fields)) or 'none'}")
     if fields - set(options):  # composing costs a fraction of a second: only when something is missing
-        from ..config import method_defaults
+        from .defaults import method_defaults
 
         options = {**method_defaults(name), **options}
         if set(options) != fields:
