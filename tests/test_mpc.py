@@ -222,3 +222,22 @@ def test_lora_with_mpc_n_is_pa():
                 if param.requires_grad:
                     param.add_(0.1 * torch.randn_like(param))
     torch.testing.assert_close(logits(lora), logits(pa))
+
+
+def test_reference_reduction_is_hundreds_of_times_weaker_at_init_on_roberta_base_dims():
+    # 12 layers x (query, key, value, attention output 768->768, FFN in 768->3072, FFN out 3072->768), LoRA init,
+    # r = 8, weight 0.1: the reference (mean of unsquared norms) is about 0.236, the paper's equations taken
+    # literally (squared norms summed over modules) about 83 (docs/methods.md, MPC)
+    import math
+
+    from subspace_tuning.methods.mpc import MPC
+
+    torch.manual_seed(0)
+    factors = []
+    for _ in range(12):
+        for fan_in, fan_out in [(768, 768)] * 4 + [(768, 3072), (3072, 768)]:
+            a = torch.empty(8, fan_in)
+            torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            factors.append((a, torch.zeros(fan_out, 8)))
+    assert float(MPC("o", 0.1, reduction="mean_norm").loss(factors)) == pytest.approx(0.2359, abs=2e-3)
+    assert float(MPC("o", 0.1, reduction="sum_squared").loss(factors)) == pytest.approx(83.29, rel=1e-2)
