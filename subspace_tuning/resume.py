@@ -44,10 +44,21 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def canonical(value: str) -> str:
+    """One spelling per number (``1e-3``, ``0.001`` and ``1.0e-3`` are ``0.001``; ``8`` stays ``8``), so that a
+    single run and a sweep job of the same setting name the same folder (a sweep hands its jobs parsed values)."""
+    for parse in (int, float):
+        try:
+            return repr(parse(value))
+        except ValueError:
+            continue
+    return value
+
+
 def variant(overrides: Iterable[str]) -> dict[str, str]:
-    """The command-line settings outside the readable path that can change a result: key -> value as given."""
+    """The command-line settings outside the readable path that can change a result: key -> value (canonical)."""
     pairs = (str(o).lstrip("+~").split("=", 1) for o in overrides)
-    found = {key: value for key, value, *_ in (p + [""] for p in pairs)
+    found = {key: canonical(value) for key, value, *_ in (p + [""] for p in pairs)
              if key not in PATH_KEYS and key not in COSMETIC and not key.startswith("hydra")}
     return dict(sorted(found.items()))
 

@@ -55,7 +55,13 @@ def training_step(model: nn.Module, method: Any, batch: Mapping[str, torch.Tenso
         if check_finite and grad_norm is not None and not torch.isfinite(grad_norm):
             raise TrainingDiverged(f"the gradient norm became {float(grad_norm)} at step {step}; try a lower "
                                    "optim.lr or train.mixed_precision=no")
-    optimizer.step()
+    try:
+        optimizer.step()
+    except RuntimeError as err:  # e.g. an lr of 1e38 overflows inside AdamW's update
+        if "overflow" not in str(err):
+            raise
+        raise TrainingDiverged(f"the optimizer step {step} overflowed ({err}); the learning rate is far too large "
+                               "(lower optim.lr)") from None
     if scheduler is not None:
         scheduler.step()
     method.after_optimizer_step(raw_model, step, total_steps)  # gradients still there
