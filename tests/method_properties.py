@@ -210,6 +210,8 @@ EXPECTED_COUNTS: dict[str, CountFormula] = {
     "svdiff": lambda shapes, r, _: sum(min(o, i) for _, o, i in shapes),
     "moslora": low_rank(lambda r: r * r),  # LoRA plus the r x r mixer
     "liera": low_rank(lambda r: 0),
+    "pissa": low_rank(lambda r: 0),  # LoRA's A and B; W_res is frozen
+    "milora": low_rank(lambda r: 0),
 }
 
 # Settings a property check needs for one method. AdaLoRA's rank allocation would legitimately zero every lambda
