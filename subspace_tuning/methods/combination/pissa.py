@@ -45,12 +45,11 @@ class PiSSALinear(LowRankLinear):
         u, s, vh = triplets
         if base.weight.is_meta:  # parameter counting: shapes only
             return
-        with torch.no_grad():
-            root = (s.to(torch.float32) / self.scaling).sqrt()
-            self.lora_A.copy_(root[:, None] * vh.to(torch.float32))
-            self.lora_B.copy_(u.to(torch.float32) * root)
-            principal = (u.to(torch.float32) * s.to(torch.float32)) @ vh.to(torch.float32)
-            base.weight.copy_(base.weight.to(torch.float32) - principal)
+        with torch.no_grad():  # the triplets come in float32 or better (PiSSAMethod.adapt), never half precision
+            root = (s / self.scaling).sqrt()
+            self.lora_A.copy_(root[:, None] * vh)
+            self.lora_B.copy_(u * root)
+            base.weight.copy_(base.weight.to(s.dtype) - (u * s) @ vh)
 
 
 class PiSSAMethod(LowRankMethod):
@@ -80,8 +79,10 @@ class PiSSAMethod(LowRankMethod):
         for target, linear in zip(targets, linears, strict=True):
             self.check_rank(target, linear)
         alpha = self.config.alpha if self.config.alpha is not None else float(self.rank)
-        # all triplets (None): MiLoRA needs the tail; the cache keeps full SVDs either way
-        for target, linear, factors in zip(targets, linears, thin_svds([lin.weight for lin in linears]), strict=True):
+        # all triplets (None): MiLoRA needs the tail; the cache keeps full SVDs either way. thin_svds returns them in
+        # the dtype it is given: float32 or better, so that W_res = W - U_r S_r V_r^T is exact to float32 round-off
+        weights = [lin.weight.to(torch.promote_types(lin.weight.dtype, torch.float32)) for lin in linears]
+        for target, linear, factors in zip(targets, linears, thin_svds(weights), strict=True):
             replace_module(model, target.name, self.linear_class(linear, self.rank, alpha, self.config.dropout,
                                                                  self.select(factors)))
 
