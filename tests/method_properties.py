@@ -20,6 +20,7 @@ from subspace_tuning.architectures import find_targets, head_parameter_names
 from subspace_tuning.errors import NotMergeableError
 from subspace_tuning.methods import Method, build_method, catalogue
 from subspace_tuning.params import count_parameters
+from subspace_tuning.step import training_step
 
 ATOL = 1e-5
 Shapes = list[tuple[str, int, int]]  # (kind, out, in) of the six linear kinds in every layer
@@ -80,13 +81,8 @@ def check_only_own_parameters_train(model_name: str, method_name: str, steps: in
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
-    for step in range(steps):
-        loss = model(**tiny_batch(seed=10 + step)).loss
-        loss = loss + sum(method.regularizers(model).values(), torch.zeros(()))
-        loss.backward()
-        optimizer.step()
-        method.after_optimizer_step(model, step + 1, steps)
-        optimizer.zero_grad()
+    for step in range(1, steps + 1):  # the runner's own step: task loss + regularisers, AdamW, the method's hook
+        training_step(model, method, tiny_batch(seed=9 + step), optimizer, step, steps, check_finite=False)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed <= trainable, f"frozen parameters changed: {sorted(changed - trainable)[:5]}"
     assert changed == trainable, f"trainable parameters never trained: {sorted(trainable - changed)[:5]}"

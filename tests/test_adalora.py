@@ -14,6 +14,7 @@ from method_properties import adapt, logits
 from subspace_tuning.errors import ConfigError
 from subspace_tuning.methods import build_method
 from subspace_tuning.methods.extension.adalora import budget_at
+from subspace_tuning.step import training_step
 
 # b(g) = bT + (b0 - bT) (1 - (g - tinit) / (T - tfinal - tinit))^3 with T = 100, tinit = 10, tfinal = 30,
 # b0 = 96, bT = 48, rounded down; values worked out by hand.
@@ -42,14 +43,11 @@ def kept(model, method) -> int:
 
 def train(model, method, total_steps: int, check_each_step, first: int = 1, last: int | None = None) -> None:
     """AdamW steps ``first``..``last`` with the allocation hook, as the training loop calls it (step counted from
-    1, after optimizer.step()); ``check_each_step(step)`` after each."""
+    1, after optimizer.step(): the runner's own ``training_step``); ``check_each_step(step)`` after each."""
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     for step in range(first, (last or total_steps) + 1):
-        model(**tiny_batch(seed=step)).loss.backward()
-        optimizer.step()
-        method.after_optimizer_step(model, step, total_steps)
-        optimizer.zero_grad()
+        training_step(model, method, tiny_batch(seed=step), optimizer, step, total_steps, check_finite=False)
         check_each_step(step)
     model.eval()
 
