@@ -41,7 +41,8 @@ def test_overrides_reach_the_run():
     cfg = compose(["task=rte", "optim.lr=3e-4", "train.epochs=3", "rank=2", "seed=4"], return_hydra_config=True)
     assert (cfg.optim.lr, cfg.train.epochs, cfg.rank, cfg.seed) == (3e-4, 3, 2, 4)
     # settings outside the readable path get a variant folder: runs of different configurations never share one
-    assert cfg.hydra.run.dir == "outputs/default/roberta-base/rte/lora/r2/mpc-none/optim.lr=3e-4,train.epochs=3/seed4"
+    # (numbers in one spelling: 3e-4 and 0.0003 name the same folder)
+    assert cfg.hydra.run.dir == "outputs/default/roberta-base/rte/lora/r2/mpc-none/optim.lr=0.0003,train.epochs=3/seed4"
 
 
 def test_rank_free_methods_share_one_folder_whatever_the_rank():
