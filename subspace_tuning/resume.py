@@ -32,8 +32,7 @@ PATH_KEYS = frozenset({"model", "task", "method", "rank", "mpc", "seed", "experi
 # Settings that do not change what a run computes (dotted keys). ``task.data_dir`` is a location: the
 # data's content is fingerprinted instead, so moving the data re-runs nothing and editing it re-runs.
 COSMETIC = frozenset({"train.progress", "train.log_every", "train.threads", "train.save_trained", "train.checkpoint",
-                      "data.cache_dir", "data.num_workers", "task.data_dir", "output_root", "experiment_name",
-                      "run_path"})
+                      "data.cache_dir", "data.num_workers", "task.data_dir", "output_root", "experiment_name"})
 log = logging.getLogger("subspace_tuning")
 SUPERSEDED = ".superseded-"  # suffix of a run folder moved aside because its data changed
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")

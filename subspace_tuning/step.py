@@ -35,12 +35,13 @@ def training_step(model: nn.Module, method: Any, batch: Mapping[str, torch.Tenso
                   step: int, total_steps: int, *, raw_model: nn.Module | None = None, scheduler: Any = None,
                   max_grad_norm: float | None = None, backward: Callable[[torch.Tensor], None] = loss_backward,
                   clip_grad_norm: Callable[..., torch.Tensor] = torch.nn.utils.clip_grad_norm_,
-                  check_finite: bool = True) -> StepResult:
+                  check_finite: bool = True, trainable: list[torch.Tensor] | None = None) -> StepResult:
     """Optimizer step number ``step`` (counted from 1) of ``total_steps``.
 
     ``raw_model`` is the unwrapped model the method reads (``model`` may be wrapped for data parallelism);
     ``backward`` and ``clip_grad_norm`` default to torch's and take accelerate's in the recipe (mixed
-    precision). ``check_finite`` stops the run at a non-finite loss or gradient norm, saying where."""
+    precision). ``check_finite`` stops the run at a non-finite loss or gradient norm, saying where. ``trainable``
+    (the parameters that train) spares a walk over the whole model every step when the caller has it."""
     raw_model = model if raw_model is None else raw_model
     task_loss = model(**batch).loss
     regularizers = method.regularizers(raw_model)
@@ -50,7 +51,8 @@ def training_step(model: nn.Module, method: Any, batch: Mapping[str, torch.Tenso
     backward(loss)
     grad_norm = None
     if max_grad_norm is not None or check_finite:
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        if trainable is None:
+            trainable = [p for p in model.parameters() if p.requires_grad]
         grad_norm = clip_grad_norm(trainable, float(max_grad_norm) if max_grad_norm else math.inf)
         if check_finite and grad_norm is not None and not torch.isfinite(grad_norm):
             raise TrainingDiverged(f"the gradient norm became {float(grad_norm)} at step {step}; try a lower "

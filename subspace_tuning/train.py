@@ -297,6 +297,7 @@ class Recipe:
                    unit="step", dynamic_ncols=True,
                    disable=not (cfg.train.progress and self.accelerator.is_local_main_process))
         max_grad_norm = float(cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm else None
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # once, not every step
         self.model.train()
         while self.unfinished():
             tick, running = time.perf_counter(), Running()
@@ -305,7 +306,7 @@ class Recipe:
                                        self.total_steps, raw_model=self.raw_model, scheduler=self.scheduler,
                                        max_grad_norm=max_grad_norm, backward=self.accelerator.backward,
                                        clip_grad_norm=self.accelerator.clip_grad_norm_,
-                                       check_finite=self.check_every == 1)
+                                       check_finite=self.check_every == 1, trainable=trainable)
                 progress.step += 1
                 running.add(result)
                 if progress.step % self.check_every == 0 or progress.step >= self.total_steps:
