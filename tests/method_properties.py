@@ -208,12 +208,15 @@ EXPECTED_COUNTS: dict[str, CountFormula] = {
     "liera": low_rank(lambda r: 0),
     "pissa": low_rank(lambda r: 0),  # LoRA's A and B; W_res is frozen
     "milora": low_rank(lambda r: 0),
+    "lora_dash": low_rank(lambda r: 8),  # LoRA plus the 8 coefficients c (the YAML's num_directions)
 }
 
 # Settings a property check needs for one method. AdaLoRA's rank allocation would legitimately zero every lambda
 # of a module whose triplets it drops in a 3-step run (tests/test_adalora.py checks allocation); while parameters
 # are checked to train it waits with a warmup of 10 steps.
-CHECK_OPTIONS = {("adalora", "only_own_train"): {"tinit": 10}}
+CHECK_OPTIONS = {("adalora", "only_own_train"): {"tinit": 10},
+                 # LoRA-Dash launches after step 1 of 3, so its coefficients c train in steps 2 and 3 as well
+                 ("lora_dash", "only_own_train"): {"prelaunch_steps": 1}}
 COUNT_RANKS = (2, 8)
 
 
