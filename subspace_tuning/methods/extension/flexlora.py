@@ -1,0 +1,216 @@
+"""FlexLoRA (Liu, Si and Jia, 2026, ICLR; arXiv 2601.22905, "FlexLoRA: Entropy-Guided Flexible Low-Rank
+Adaptation"): an SVD-shaped update whose ranks are both pruned and grown during training, under a constant budget.
+
+phi(W) = W + s P diag(lambda * m) Q: AdaLoRA's triplets (P = ``lora_B``, Q = ``lora_A`` ~ N(0, 0.02), lambda =
+``lora_E`` = 0) with a rank mask m (``rank_mask``). Every module has r slots (the rank group, what is counted, as
+for AdaLoRA); ``active_r`` of them are active at the start (the budget, default round(2 r / 3)), so a module can
+grow up to r directions and shrink down to one while the total number of active directions stays constant.
+s = alpha / active_r (the toolkit divides by the initial number of directions, which never changes).
+
+The allocation, counted in optimizer steps through ``after_optimizer_step``, with the reference's global step
+g = step - 1 as for our AdaLoRA and T, tinit, tfinal, deltaT in steps (each setting is steps if >= 1, else a
+fraction of T): at every g with tinit < g < T - tfinal and (g - tinit) % deltaT == 0, and b(g) > 0,
+
+1. each module's importance is the normalised spectral-energy entropy of its active lambdas,
+   H = -sum_i p_i log(p_i + 1e-8) / log(k), p_i = lambda_i^2 / sum_j lambda_j^2, k its number of active directions
+   (1: energy spread evenly, the matrix uses all its directions; 0: concentrated in one, the others are redundant);
+2. the b(g) modules of lowest H among those with more than one direction each lose their direction of least
+   energy (smallest |lambda|); the b(g) modules of highest H among those with a free slot each gain one
+   (importance taken once, before either change; a module may do both; fewer than b(g) when fewer modules qualify,
+   the same number on both sides, so the budget never changes);
+3. a gained direction is zero-impact: lambda = 0, its row of Q and column of P drawn from N(0, grow_std^2), so
+   the output does not change when it is added.
+
+b(g) is ``b`` throughout (``b_schedule: constant``, the toolkit's default), or with ``b_schedule: cubic``
+round(b (1 - progress^3)), progress = (g - tinit) / (T - tfinal - tinit), falling to 0 at T - tfinal. After
+T - tfinal the ranks stay fixed.
+
+Where this differs from the authors' toolkit (loralib/flexlora.py of the Subspace-Tuning repository), and why
+(docs/methods.md, FlexLoRA):
+
+- The toolkit replaces the factors by new, resized ``nn.Parameter``s at each allocation; an optimizer built
+  before then keeps the old tensors, so a changed module would stop training unless the optimizer is rebuilt.
+  Here the factors keep their shape (r slots) and a mask selects the active ones, so the optimizer, the checkpoint
+  and the parameter count stay valid; the price is a cap of r directions per module (the toolkit has none).
+  The optimizer's moments of a re-used slot are not reset (the method hook does not own the optimizer).
+- The direction to prune is the one of least energy, |lambda| smallest, as the paper's spectral-energy criterion
+  says; the toolkit takes ``argmin(lambda)``, the most negative lambda, which can be the most energetic one.
+- Entropy where the toolkit divides 0 by 0: a one-direction module counts as evenly spread (H = 1; the toolkit's
+  NaN sorts above every number, so it is also grown first there) and a module whose active lambdas are all zero
+  counts as H = 0 (no energy to spread).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...architectures import Target
+from ...errors import ConfigError, choices_message
+from ..base import register
+from .adalora import AdaLoRA, AdaLoRALinear
+from .lora import LoRAConfig, LowRankMethod
+
+B_SCHEDULES = ("constant", "cubic")
+
+
+@dataclass(kw_only=True)
+class FlexLoRAConfig(LoRAConfig):
+    active_r: int | None  # active directions per module at the start, the constant budget; None = round(2 r / 3)
+    tinit: float  # no allocation before: steps if >= 1, else a fraction of the total steps
+    tfinal: float  # ranks fixed for the last tfinal steps: steps if >= 1, else a fraction
+    deltaT: float  # allocate every deltaT steps after tinit: steps if >= 1, else a fraction
+    b: int  # modules that lose one direction, and modules that gain one, per allocation
+    b_schedule: str  # one of B_SCHEDULES
+    grow_std: float  # standard deviation of a gained direction's row of Q and column of P
+
+
+def spectral_entropy(lambdas: torch.Tensor) -> float:
+    """Normalised entropy of the energy lambda_i^2 of a module's active directions, in [0, 1] (module docstring)."""
+    if lambdas.numel() <= 1:
+        return 1.0
+    energy = lambdas.detach().double() ** 2
+    total = energy.sum()
+    if total == 0:
+        return 0.0
+    p = energy / total
+    return float(-(p * torch.log(p + 1e-8)).sum() / math.log(lambdas.numel()))
+
+
+def b_at(step: int, total_steps: int, b: int, tinit: int, tfinal: int, schedule: str) -> int:
+    """Modules changed per allocation at global step g: b, or b (1 - progress^3) rounded (``cubic``)."""
+    if schedule == "constant":
+        return b
+    span = total_steps - tfinal - tinit
+    progress = min(max((step - tinit) / span, 0.0), 1.0) if span > 0 else 1.0
+    return round(b * (1 - progress ** 3))
+
+
+class FlexLoRALinear(AdaLoRALinear):
+    """phi(W) = W + s P diag(lambda * m) Q; AdaLoRA's factors and init, the first ``active_r`` of the r slots active
+    (``rank_mask``), s = alpha / active_r. The mask acts in the forward pass, so an inactive slot contributes
+    nothing and gets no gradient."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float, active_r: int,
+                 activation: nn.Module | None = None) -> None:
+        super().__init__(base, rank, alpha, dropout, activation)
+        self.active_r = active_r
+        self.rank_mask[active_r:] = False
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.active_r
+
+    def core(self, h: torch.Tensor) -> torch.Tensor:
+        return h * torch.where(self.rank_mask, self.lora_E, torch.zeros_like(self.lora_E))
+
+    @torch.no_grad()
+    def prune(self) -> int:
+        """Deactivate the active direction of least energy (smallest |lambda|); its slot index."""
+        energy = torch.where(self.rank_mask, self.lora_E.abs(), torch.full_like(self.lora_E, math.inf))
+        slot = int(torch.argmin(energy))
+        self.rank_mask[slot] = False
+        self.lora_E[slot] = 0.0
+        return slot
+
+    @torch.no_grad()
+    def grow(self, std: float) -> int:
+        """Activate the first free slot as a zero-impact direction (lambda = 0, P and Q entries ~ N(0, std^2)),
+        drawn from the global CPU generator (saved in every checkpoint); its slot index."""
+        slot = int(torch.nonzero(~self.rank_mask)[0])
+        self.lora_A[slot] = (std * torch.randn(self.in_features)).to(self.lora_A)
+        self.lora_B[:, slot] = (std * torch.randn(self.out_features)).to(self.lora_B)
+        self.lora_E[slot] = 0.0
+        self.rank_mask[slot] = True
+        return slot
+
+
+@register
+class FlexLoRA(AdaLoRA):
+    """FlexLoRA on all six linear modules: phi(W) = W + (alpha / active_r) P diag(lambda * m) Q, ranks pruned and
+    grown by spectral-energy entropy under a constant budget. Composes with MPC_o / MPC_d (on the active rows of Q
+    and columns of P; the toolkit trains it with AdaLoRA's orthogonality regulariser, i.e. mpc=o) and MPC_n."""
+
+    name = "flexlora"
+    display_name = "FlexLoRA"
+    paper_order = 270
+    peft_type = None  # PEFT has no FlexLoRA
+    config_class = FlexLoRAConfig
+    linear_class = FlexLoRALinear
+
+    def __init__(self, config: FlexLoRAConfig) -> None:
+        LowRankMethod.__init__(self, config)  # AdaLoRA's own checks are of settings FlexLoRA does not have
+        self.active_r = int(config.active_r) if config.active_r is not None else max(1, round(2 * self.rank / 3))
+        problems = []
+        if not 1 <= self.active_r <= self.rank:
+            problems.append(f"active_r must be between 1 and the rank {self.rank}, got {self.active_r}")
+        if config.deltaT <= 0 or config.tinit < 0 or config.tfinal < 0:
+            problems.append(f"deltaT must be > 0 and tinit, tfinal >= 0, got deltaT {config.deltaT}, tinit "
+                            f"{config.tinit}, tfinal {config.tfinal}")
+        if isinstance(config.b, bool) or not isinstance(config.b, int) or config.b < 0:
+            problems.append(f"b must be an integer >= 0, got {config.b!r}")
+        if config.b_schedule not in B_SCHEDULES:
+            problems.append(choices_message("b_schedule", config.b_schedule, list(B_SCHEDULES)))
+        if not config.grow_std > 0:
+            problems.append(f"grow_std must be > 0, got {config.grow_std}")
+        if problems:
+            raise ConfigError(f"flexlora settings: {'; '.join(problems)}")
+        self.importance: dict[str, float] = {}  # H of every module at the last allocation
+        self.moves = 0  # directions moved so far (each a prune and a grow)
+
+    def wrap(self, linear: nn.Linear, target: Target) -> FlexLoRALinear:
+        return FlexLoRALinear(linear, self.rank, self.config.alpha, self.config.dropout, self.active_r,
+                              self.activation())
+
+    def regularizers(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """MPC_o / MPC_d on the active directions only: the toolkit's regulariser sees only the factors it holds."""
+        pairs = [(m.lora_A[m.rank_mask], m.lora_B[:, m.rank_mask]) for m in self.adalora_modules(model).values()]
+        term = self.mpc.loss(pairs)
+        return {} if term is None else {f"mpc_{self.mpc.name}": term}
+
+    # --- rank allocation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        global_step = step - 1  # the reference counts optimizer steps from 0 (extension/adalora.py)
+        tinit, tfinal = self.phase_steps(total_steps)
+        if not tinit < global_step < total_steps - tfinal or (global_step - tinit) % self.interval(total_steps):
+            return
+        b = b_at(global_step, total_steps, self.config.b, tinit, tfinal, self.config.b_schedule)
+        if b > 0:
+            self.reallocate(self.adalora_modules(model), b)
+
+    def reallocate(self, modules: dict[str, FlexLoRALinear], b: int) -> None:
+        """One allocation (module docstring, steps 1-3): up to b modules lose a direction, as many gain one."""
+        self.importance = {name: spectral_entropy(m.lora_E[m.rank_mask]) for name, m in modules.items()}
+        names = list(modules)
+        # ascending importance, ties in module order (a stable sort), so that the choice is deterministic
+        order = sorted(range(len(names)), key=lambda i: self.importance[names[i]])
+        shrink = [names[i] for i in order if modules[names[i]].rank_mask.sum() > 1]
+        grow = [names[i] for i in reversed(order) if not modules[names[i]].rank_mask.all()]
+        n = min(b, len(shrink), len(grow))
+        for name in shrink[:n]:
+            modules[name].prune()
+        for name in grow[:n]:
+            modules[name].grow(self.config.grow_std)
+        self.moves += n
+
+    def checkpoint_state(self, model: nn.Module) -> dict[str, Any]:
+        """The rank pattern (also a buffer of each module), the last importance and the move count: plain data and
+        tensors, so that ``torch.load(weights_only=True)`` reads them."""
+        return {"rank_masks": {name: m.rank_mask.clone() for name, m in self.adalora_modules(model).items()},
+                "importance": dict(self.importance), "moves": self.moves}
+
+    def load_checkpoint_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        for name, module in self.adalora_modules(model).items():
+            module.rank_mask.copy_(state["rank_masks"][name])
+        self.importance, self.moves = dict(state["importance"]), int(state["moves"])
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        ranks = {name: int(m.rank_mask.sum()) for name, m in self.adalora_modules(model).items()}
+        return {**LowRankMethod.summary(self, model), "slots": self.rank, "active_r": self.active_r,
+                "b": self.config.b, "b_schedule": self.config.b_schedule, "moves": self.moves,
+                "total_rank": sum(ranks.values()), "final_ranks": ranks}
