@@ -7,6 +7,7 @@ the positive class; accuracy elsewhere. Scores are fractions in [0, 1] (correlat
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -46,3 +47,54 @@ def predictions_from_logits(logits: np.ndarray) -> np.ndarray:
 
 def compute_metrics(names: Sequence[str], predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {name: METRICS[name](predictions, labels) for name in names}
+
+
+# --- degenerate predictions ------------------------------------------------------------------------
+# A regression model is "constant" when its predictions spread less than this fraction of the labels' spread:
+# float round-off keeps a collapsed network's outputs from being exactly equal.
+CONSTANT_RELATIVE_STD = 1e-3
+
+
+def prediction_summary(predictions: np.ndarray, labels: np.ndarray, regression: bool) -> dict[str, Any]:
+    """Whether the predictions are degenerate, with the number that says so.
+
+    Classification: degenerate when every prediction is one class (``majority_class`` and its share of the
+    predictions, ``majority_share``); such a model scores exactly the majority-class (or constant) baseline, so
+    its score says nothing about what it learned (issue 17, part 7). Regression: degenerate when the predictions'
+    standard deviation (``prediction_std``) is below ``CONSTANT_RELATIVE_STD`` of the labels' (0 when the labels
+    are constant too)."""
+    predictions = np.asarray(predictions)
+    if predictions.size == 0:
+        return {"degenerate": False}
+    if regression:
+        spread = float(np.std(predictions))
+        return {"degenerate": bool(spread <= CONSTANT_RELATIVE_STD * float(np.std(labels))),
+                "prediction_std": spread}
+    classes, counts = np.unique(predictions, return_counts=True)
+    top = int(counts.argmax())
+    return {"degenerate": len(classes) == 1, "majority_class": int(classes[top]),
+            "majority_share": float(counts[top]) / len(predictions)}
+
+
+class Score(float):
+    """A score that carries the summary of the predictions it was computed from (``prediction_summary``), so that
+    the summary travels with the score from ``train.evaluate`` to ``Run.log_eval``; ``float(score)`` drops it."""
+
+    predictions: dict[str, Any]
+
+    def __new__(cls, value: float, predictions: dict[str, Any] | None = None) -> Score:
+        score = super().__new__(cls, value)
+        score.predictions = predictions or {}
+        return score
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copies and pickles keep the summary
+        return type(self), (float(self), self.predictions)
+
+
+def degenerate_text(summary: dict[str, Any]) -> str:
+    """One phrase for logs and reports: what made a ``prediction_summary`` degenerate."""
+    if "majority_class" in summary:
+        return (f"every dev prediction is class {summary['majority_class']}, so the score is the majority-class "
+                f"baseline, not a learned result")
+    return (f"the dev predictions are constant (std {summary.get('prediction_std', 0.0):.3g}), so the score is "
+            f"the constant baseline, not a learned result")

@@ -80,12 +80,27 @@ class Run:
             atomic_write_json(self.folder / "metrics.json", self.metrics)
 
     def log_eval(self, record: dict[str, Any]) -> None:
-        self.metrics["history"].append(record)
+        """Record one evaluation. Its headline score's predictions decide ``record["degenerate"]`` (every dev
+        prediction one class, or constant: issue 17 part 7), kept with ``record["predictions"]`` (the majority
+        class and its share, or the predictions' std); ``metrics["degenerate"]`` says it of the best and the last
+        evaluation, and a degenerate evaluation logs a warning."""
         headline = self.metrics["metric"]
+        summary = getattr(record["scores"].get(headline), "predictions", None)
+        record["scores"] = {name: float(value) for name, value in record["scores"].items()}  # plain JSON numbers
+        if summary:
+            record.update(degenerate=summary["degenerate"],
+                          predictions={k: v for k, v in summary.items() if k != "degenerate"})
+            if summary["degenerate"]:
+                from .metrics import degenerate_text
+
+                log.warning("DEGENERATE at step %s (epoch %s): %s", record["step"], record["epoch"],
+                            degenerate_text(summary))
+        self.metrics["history"].append(record)
         best = self.metrics["best"]
         if best is None or record["scores"][headline] > best["scores"][headline]:
             self.metrics["best"] = record
         self.metrics["last"] = record
+        self.metrics["degenerate"] = {which: self.metrics[which].get("degenerate") for which in ("best", "last")}
         if self.is_main:
             # rewritten whole (not appended) so that a resumed run's log has no duplicate lines
             atomic_write_text(self.folder / "train_log.jsonl",
@@ -121,7 +136,9 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, head_names: set[str]) -> 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, metric_names: list[str], accelerator: Any) -> dict[str, float]:
-    from .metrics import compute_metrics, predictions_from_logits
+    """The scores of ``loader``'s split; each is a ``metrics.Score`` that carries whether the predictions were
+    degenerate (one class, or constant), which ``Run.log_eval`` records with the evaluation."""
+    from .metrics import Score, compute_metrics, prediction_summary, predictions_from_logits
 
     model.eval()
     logits, labels = [], []
@@ -131,7 +148,11 @@ def evaluate(model: nn.Module, loader: DataLoader, metric_names: list[str], acce
         logits.append(batch_logits.cpu().numpy())
         labels.append(batch_labels.cpu().numpy())
     model.train()
-    return compute_metrics(metric_names, predictions_from_logits(np.concatenate(logits)), np.concatenate(labels))
+    all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
+    predictions = predictions_from_logits(all_logits)
+    summary = prediction_summary(predictions, all_labels, regression=all_logits.shape[-1] == 1)
+    return {name: Score(value, summary) for name, value in compute_metrics(metric_names, predictions,
+                                                                          all_labels).items()}
 
 
 def score_names(split: str, first: bool, metrics: list[str]) -> list[str]:
