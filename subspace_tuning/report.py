@@ -6,14 +6,15 @@
 
 Every ``metrics.json`` below the given folders is one run. Rows are (method, rank, MPC, variant) with their
 per-mille parameter budget, columns are the GLUE tasks present (in the paper's order) and their average. The
-variant is the settings a run changed on the command line (``optim.lr=1e-3``; recorded in ``metrics.json``),
-so runs of different configurations are never averaged together: each variant is a row of its own. A cell is
-the mean and standard error over seeds of the best-epoch dev score (``--last``: the last epoch's), in percent,
-with the seed count; ``--stat median`` gives the median over seeds instead (the average column is then the mean
-of the task medians). Failed and running runs are counted and marked in their cell, never averaged in; the
-average column is only computed when every task cell of the row is complete. Two records of one run (the same
-row, task and seed, e.g. a sweep folder copied twice) are never averaged: one is used, the others are listed
-under the table. ``--paper`` adds the published numbers of the paper (``paper_results.json``) and our
+variant is the settings a run changed on the command line (``optim.lr=1e-3``; recorded in ``metrics.json``), so
+runs of different configurations are never averaged together: each variant is a row of its own. A cell is the mean
+and standard error over seeds of the best-epoch dev score (``--last``: the last epoch's), in percent, with the seed
+count, and ``†k`` when k of those runs were degenerate (every dev prediction one class, or constant: the trivial
+baseline's score; counted and listed under the table); ``--stat median`` gives the median over seeds instead (the
+average column is then the mean of the task medians). Failed and running runs are counted and marked in their cell,
+never averaged in; the average column is only computed when every task cell of the row is complete. Two records of
+one run (the same row, task and seed, e.g. a sweep folder copied twice) are never averaged: one is used, the others
+are listed under the table. ``--paper`` adds the published numbers of the paper (``paper_results.json``) and our
 difference to them under each row.
 
 This module renders the tables; ``subspace_tuning.results`` reads and aggregates the runs and holds the paper's
@@ -35,6 +36,7 @@ from typing import Any
 from .cli import ArgumentParser, fail
 from .errors import SubspaceTuningError
 from .results import (
+    DEGENERATE_MARK,
     STATISTICS,
     STATUSES,
     ModelTable,
@@ -140,15 +142,20 @@ def duplicate_line(run: RunRecord) -> str:
             f"{', '.join(str(r.path) for r in run.duplicates)}{why}")
 
 
-def run_summary(table: ModelTable) -> list[str]:
-    """How many runs completed, failed and are running, which failed with what error, the duplicate records
-    left out, and rows whose runs recorded different protocols."""
+def run_summary(table: ModelTable, last: bool = False) -> list[str]:
+    """How many runs completed, failed and are running, how many completed ones are degenerate and which, which
+    failed with what error, the duplicate records left out, and rows whose runs recorded different protocols."""
     counts = {status: sum(run.status == status for run in table.runs) for status in STATUSES}
     duplicated = [run for run in table.runs if run.duplicates]
     left_out = sum(len(run.duplicates) for run in duplicated)
+    degenerate = [run for run in table.runs if run.status == "completed" and run.degenerate(last)]
     lines = [f"Runs: {counts['completed']} completed, {counts['failed']} failed, {counts['running']} running"
              + (f", {left_out} duplicate records left out" if left_out else "")
              + " (failed and running runs are marked in their cell and never averaged)."]
+    if degenerate:
+        lines.append(f"Degenerate ({DEGENERATE_MARK}): {len(degenerate)} of {counts['completed']} completed runs "
+                     f"predicted one class (or a constant) on the whole dev set at the scored evaluation.")
+        lines += _listed("degenerate runs", [f"- degenerate: {_run_name(run)} ({run.path})" for run in degenerate])
     lines += _listed("failed runs", [
         f"- failed: {_run_name(run)}: "
         f"{((run.error or '').strip().splitlines() or ['no error recorded'])[0][:160]} ({run.path})"
@@ -170,7 +177,9 @@ def legend(last: bool, statistic: str = "mean") -> str:
             f"'(k duplicate)' further records of one run, left out and listed under the table. ‰Params: "
             f"trainable parameters per mille of all model parameters. Avg: {average}, only where "
             f"every task cell is complete. A row label's [key=value] are settings its runs changed on the command "
-            f"line.")
+            f"line. {DEGENERATE_MARK}k: k of the cell's seeds are degenerate runs, whose dev predictions were all one "
+            f"class (or constant) at the scored evaluation: they score the trivial baseline, not a learned result "
+            f"(averaged in, and listed under the table).")
 
 
 def _statistic(tables: list[ModelTable]) -> str:
@@ -189,7 +198,7 @@ def to_markdown(tables: list[ModelTable], last: bool, paper: Paper | None) -> st
         out += ["", f"## {table.model}", "", "| " + " | ".join(header) + " |",
                 "|" + "|".join(" --- " for _ in header) + "|"]
         out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in body]
-        out += [""] + footnotes + ([""] if footnotes else []) + run_summary(table)
+        out += [""] + footnotes + ([""] if footnotes else []) + run_summary(table, last)
     return "\n".join(out) + "\n"
 
 
@@ -207,7 +216,7 @@ def to_csv(tables: list[ModelTable], last: bool, paper: Paper | None) -> str:
     columns = ["model", "epoch", "statistic", "method", "label", "rank", "mpc", "variant", "protocol", "per_mille"]
     for task in [*tasks, "avg"]:
         columns += [f"{task}_{k}" for k in values]
-        columns += [f"{task}_{k}" for k in ("failed", "running", "duplicates")] if task != "avg" else []
+        columns += [f"{task}_{k}" for k in ("failed", "running", "duplicates", "degenerate")] if task != "avg" else []
         columns += [f"{task}_{k}" for k in ("paper", "diff")] if paper is not None else []
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
@@ -229,7 +238,7 @@ def to_csv(tables: list[ModelTable], last: bool, paper: Paper | None) -> str:
                 if task in row.cells:
                     cell = row.cells[task]
                     line |= {f"{task}_failed": cell.failed, f"{task}_running": cell.running,
-                             f"{task}_duplicates": cell.duplicates}
+                             f"{task}_duplicates": cell.duplicates, f"{task}_degenerate": cell.degenerate}
                 if paper is not None:
                     if task == "avg":
                         value = paper.average(table, row.key)[0]
@@ -243,7 +252,8 @@ def to_csv(tables: list[ModelTable], last: bool, paper: Paper | None) -> str:
 
 LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                 "±": r"$\pm$", "–": "--", "−": "$-$", "‰": r"\textperthousand{}", "↳": r"$\hookrightarrow$"}
+                 "±": r"$\pm$", "–": "--", "−": "$-$", "‰": r"\textperthousand{}", "↳": r"$\hookrightarrow$",
+                 DEGENERATE_MARK: r"\textdagger{}"}
 
 
 def latex_escape(text: str) -> str:

@@ -40,6 +40,8 @@ STATUSES = ("completed", "failed", "running")
 PAPER_FILE = Path(__file__).with_name("paper_results.json")
 # What a cell shows: the mean with its standard error (the default), or the median that some peers report.
 STATISTICS = {"mean": "mean ± standard error over seeds", "median": "median over seeds"}
+# Marks a cell some of whose seeds predicted one class (or a constant) on the dev set: '72.00 ± 1.15 (3)†2'.
+DEGENERATE_MARK = "†"
 # Variant settings that can change a method's parameter count: a row with one gets no looked-up budget.
 BUDGET_KEYS = ("method.", "model.")
 
@@ -148,9 +150,16 @@ class RunRecord:
     protocol: str | None = None
     fingerprint: str | None = None
     duplicates: list[RunRecord] = field(default_factory=list)
+    degenerate_best: bool = False
+    degenerate_last: bool = False
 
     def score(self, last: bool) -> float | None:
         return self.last if last else self.best
+
+    def degenerate(self, last: bool) -> bool:
+        """Whether the scored evaluation's dev predictions were all one class, or constant (runner's metrics.json
+        ``degenerate``; runs recorded before it was kept are taken as not degenerate)."""
+        return self.degenerate_last if last else self.degenerate_best
 
 
 def _headline(path: Path, data: dict[str, Any], which: str) -> float | None:
@@ -165,6 +174,15 @@ def _headline(path: Path, data: dict[str, Any], which: str) -> float | None:
     except (KeyError, TypeError, ValueError) as err:
         raise ReportError(f"{path}: its '{which}' evaluation has no score for the headline metric "
                           f"{data['metric']!r} ({err!r}).") from None
+
+
+def _degenerate(data: dict[str, Any], which: str) -> bool:
+    """The run's flag for its best or last evaluation; the evaluation record's own when the top level lacks it."""
+    flags = data.get("degenerate")
+    if isinstance(flags, dict) and flags.get(which) is not None:
+        return bool(flags[which])
+    record = data.get(which)
+    return bool(record.get("degenerate")) if isinstance(record, dict) else False
 
 
 def _variant(path: Path, data: dict[str, Any]) -> Variant:
@@ -206,7 +224,8 @@ def read_run(path: Path) -> RunRecord:
                      seed=data["seed"], status=data["status"], metric=str(data["metric"]),
                      best=_headline(path, data, "best"), last=_headline(path, data, "last"), per_mille=per_mille,
                      error=data.get("error"), protocol=None if protocol is None else str(protocol),
-                     fingerprint=data.get("config_fingerprint"))
+                     fingerprint=data.get("config_fingerprint"), degenerate_best=_degenerate(data, "best"),
+                     degenerate_last=_degenerate(data, "last"))
 
 
 def find_runs(folders: Iterable[Path]) -> list[RunRecord]:
@@ -263,6 +282,7 @@ class Cell:
     failed: int = 0
     running: int = 0
     duplicates: int = 0
+    degenerate: int = 0  # how many of ``values`` come from runs whose dev predictions were one class / constant
 
     @property
     def complete(self) -> bool:
@@ -284,7 +304,8 @@ class Cell:
             (self.duplicates, "duplicate" if self.duplicates == 1 else "duplicates")) if count)
         if stat is None:
             return f"– ({others})"
-        return stat.text(f"; {others}" if others else "")
+        marker = f"{DEGENERATE_MARK}{self.degenerate}" if self.degenerate else ""
+        return stat.text(f"; {others}" if others else "") + marker
 
 
 @dataclass
@@ -352,6 +373,7 @@ def build_tables(runs: list[RunRecord], last: bool = False, budget_lookup: Budge
             cell = cells.setdefault(run.key, {}).setdefault(run.task, Cell(run.metric, statistic))
             if run.status == "completed":
                 cell.values.append(run.score(last))
+                cell.degenerate += run.degenerate(last)
             elif run.status == "failed":
                 cell.failed += 1
             else:

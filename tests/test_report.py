@@ -304,6 +304,27 @@ def test_a_malformed_variant_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
 
 
 # --- formats ---------------------------------------------------------------------------------------------
+def test_degenerate_runs_are_marked_counted_and_listed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # seed 1 predicted one class at its best evaluation, seed 2 at its last only; seed 0 is a record written before
+    # runs kept the flag (no "degenerate" anywhere): not degenerate
+    write_run(tmp_path, "rte", seed=0, best=0.70)
+    for seed, flags in ((1, {"best": True, "last": True}), (2, {"best": False, "last": True})):
+        path = write_run(tmp_path, "rte", seed=seed, best=0.53)
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"degenerate": flags}))
+    out = run_main(capsys, tmp_path, "--no-param-lookup")
+    assert markdown_row(out, "LoRA")[3] == f"58.67 ± {se([70, 53, 53]):.2f} (3)†1"
+    assert "†k: k of the cell's seeds are degenerate runs" in out
+    assert "Degenerate (†): 1 of 3 completed runs predicted one class" in out
+    assert [line for line in out.splitlines() if line.startswith("- degenerate:")] == [
+        f"- degenerate: rte LoRA r=8 seed 1 ({tmp_path / 'roberta-base/rte/lora/r8/mpc-none/seed1/metrics.json'})"]
+    assert markdown_row(run_main(capsys, tmp_path, "--no-param-lookup", "--last"), "LoRA")[3].endswith("(3)†2")
+    assert next(csv.DictReader((tmp_path / "report.csv").open()))["rte_degenerate"] == "1"
+    assert "\\textdagger{}1" in (tmp_path / "report.tex").read_text()
+    write_run(tmp_path / "clean", "rte", best=0.70)
+    out = run_main(capsys, tmp_path / "clean", "--no-param-lookup")
+    assert markdown_row(out, "LoRA")[3] == "70.00 (1)" and "Degenerate (" not in out
+
+
 def test_markdown_csv_and_latex_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for seed, score in enumerate([0.70, 0.72, 0.74]):
         write_run(tmp_path, "rte", mpc="o", seed=seed, best=score)
