@@ -208,6 +208,7 @@ EXPECTED_COUNTS: dict[str, CountFormula] = {
     "liera": low_rank(lambda r: 0),
     "pissa": low_rank(lambda r: 0),  # LoRA's A and B; W_res is frozen
     "milora": low_rank(lambda r: 0),
+    "flexlora": low_rank(lambda r: r),  # AdaLoRA's r slots per module (the rank mask is a buffer)
     "lora_dash": low_rank(lambda r: 8),  # LoRA plus the 8 coefficients c (the YAML's num_directions)
 }
 

@@ -187,7 +187,7 @@ class FlexLoRA(AdaLoRA):
         """One allocation (module docstring, steps 1-3): up to b modules lose a direction, as many gain one."""
         self.importance = {name: spectral_entropy(m.lora_E[m.rank_mask]) for name, m in modules.items()}
         names = list(modules)
-        # ascending importance, ties in module order (a stable sort), so that the choice is deterministic
+        # ascending importance (a stable sort: ties keep module order), so that the choice is deterministic
         order = sorted(range(len(names)), key=lambda i: self.importance[names[i]])
         shrink = [names[i] for i in order if modules[names[i]].rank_mask.sum() > 1]
         grow = [names[i] for i in reversed(order) if not modules[names[i]].rank_mask.all()]
