@@ -92,14 +92,18 @@ def test_a_full_module_does_not_grow_and_a_one_direction_module_does_not_shrink(
     assert runner_up.rank_mask.tolist() == [True, True, False]
 
 
-def test_nothing_moves_when_no_module_can_shrink(tiny_name):
-    _, model, method = adapt(tiny_name, "flexlora", rank=2, active_r=1, b=4)
+def test_nothing_moves_when_no_module_can_shrink_and_the_run_says_so_once(tiny_name, caplog):
+    _, model, method = adapt(tiny_name, "flexlora", rank=2, active_r=1, b=4)  # rank 2's default active_r
     modules = method.adalora_modules(model)
     for module in modules.values():
         set_lambdas(module, [1.0])
     method.reallocate(modules, b=4)
+    method.reallocate(modules, b=4)
     assert all(m.rank_mask.tolist() == [True, False] for m in modules.values())
     assert method.moves == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "flexlora at rank 2 with active_r 1: no module can lose a direction, so the ranks never move; use a rank "
+        ">= 3 with 1 < active_r < rank"]
 
 
 def test_b_schedule():

@@ -42,6 +42,7 @@ Where this differs from the authors' toolkit (loralib/flexlora.py of the Subspac
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,7 @@ from .adalora import AdaLoRA, AdaLoRALinear
 from .lora import LoRAConfig, LowRankMethod
 
 B_SCHEDULES = ("constant", "cubic")
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -161,6 +163,7 @@ class FlexLoRA(AdaLoRA):
             raise ConfigError(f"flexlora settings: {'; '.join(problems)}")
         self.importance: dict[str, float] = {}  # H of every module at the last allocation
         self.moves = 0  # directions moved so far (each a prune and a grow)
+        self.warned_stuck = False
 
     def wrap(self, linear: nn.Linear, target: Target) -> FlexLoRALinear:
         return FlexLoRALinear(linear, self.rank, self.config.alpha, self.config.dropout, self.active_r,
@@ -192,6 +195,11 @@ class FlexLoRA(AdaLoRA):
         shrink = [names[i] for i in order if modules[names[i]].rank_mask.sum() > 1]
         grow = [names[i] for i in reversed(order) if not modules[names[i]].rank_mask.all()]
         n = min(b, len(shrink), len(grow))
+        if n == 0 and not self.warned_stuck:  # only where 1 < active_r < r fails, e.g. rank 2 (active_r 1)
+            self.warned_stuck = True
+            log.warning("flexlora at rank %d with active_r %d: no module can %s a direction, so the ranks never "
+                        "move; use a rank >= 3 with 1 < active_r < rank", self.rank, self.active_r,
+                        "lose" if not shrink else "gain")
         for name in shrink[:n]:
             modules[name].prune()
         for name in grow[:n]:
