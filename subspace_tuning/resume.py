@@ -31,8 +31,16 @@ from .errors import ConfigError
 PATH_KEYS = frozenset({"model", "task", "method", "rank", "mpc", "seed", "experiment"})
 # Settings that do not change what a run computes (dotted keys). ``task.data_dir`` is a location: the
 # data's content is fingerprinted instead, so moving the data re-runs nothing and editing it re-runs.
+# ``train.log_with`` only reports; ``train.gradient_checkpointing`` recomputes the same activations (memory for
+# time); ``train.compile`` runs the same model through other kernels, and falls back to eager where unsupported.
 COSMETIC = frozenset({"train.progress", "train.log_every", "train.threads", "train.save_trained", "train.checkpoint",
-                      "data.cache_dir", "data.num_workers", "task.data_dir", "output_root", "experiment_name"})
+                      "data.cache_dir", "data.num_workers", "task.data_dir", "output_root", "experiment_name",
+                      "train.log_with", "train.gradient_checkpointing", "train.compile"})
+# Settings that change a result but came after runs were recorded: at this value a run computes what it did
+# before the setting existed, so the identity leaves it out there and an earlier run keeps its fingerprint.
+# ``train.grad_accum_steps`` changes the optimizer steps (their number, batch, schedule, AdaLoRA's allocation);
+# ``train.early_stopping_patience`` where training ends.
+NEUTRAL = {"train.grad_accum_steps": 1, "train.early_stopping_patience": None}
 log = logging.getLogger("subspace_tuning")
 SUPERSEDED = ".superseded-"  # suffix of a run folder moved aside because its data changed
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
@@ -104,12 +112,12 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.pop("hydra", None)  # a sweeper sees the hydra node, the job does not
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in COSMETIC:
+    for dotted in COSMETIC | NEUTRAL.keys():
         *parents, leaf = dotted.split(".")
         node = resolved
         for key in parents:
             node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
+        if isinstance(node, dict) and (dotted in COSMETIC or node.get(leaf, NEUTRAL[dotted]) == NEUTRAL[dotted]):
             node.pop(leaf, None)
     if not uses_rank(str(resolved.get("method", {}).get("name"))):
         resolved["rank"] = None
@@ -132,36 +140,34 @@ def config_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def read_record(folder: Path) -> dict[str, Any] | None:
-    """``metrics.json`` of ``folder`` if it is a run record (a JSON object with a status), else None.
-
-    Anything else there (not JSON, a list, a truncated file) is moved aside as ``metrics.json.invalid`` so that
-    it never aborts a sweep and is never mistaken for a result."""
-    path = folder / "metrics.json"
+def load_record(folder: Path) -> dict[str, Any] | None:
+    """``metrics.json`` of ``folder`` if it is a run record (a JSON object with a status), else None; reads only."""
     try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
+        record = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError):
-        record = None
-    if isinstance(record, dict) and isinstance(record.get("status"), str):
-        return record
-    try:
-        path.replace(path.with_name("metrics.json.invalid"))
-    except OSError:
-        pass
-    return None
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("status"), str) else None
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """``load_record``, and anything else found as ``metrics.json`` (not JSON, a list, a truncated file) is moved
+    aside as ``metrics.json.invalid`` so that it never aborts a sweep and is never mistaken for a result."""
+    record = load_record(folder)
+    path = folder / "metrics.json"
+    if record is None and path.exists():
+        try:
+            path.replace(path.with_name("metrics.json.invalid"))
+        except OSError:
+            pass
+    return record
 
 
 def completed_metrics(folder: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The metrics of a completed run of this exact configuration in ``folder``, else None."""
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(metrics, dict) and metrics.get("status") == "completed" \
-            and metrics.get("config_fingerprint") == fingerprint:
-        return metrics
+    """The metrics of a completed run of this exact configuration in ``folder``, else None (reads only: data-parallel
+    followers and the sweeper call it, and only the run's owner moves files)."""
+    record = load_record(folder)
+    if record is not None and record["status"] == "completed" and record.get("config_fingerprint") == fingerprint:
+        return record
     return None
 
 
