@@ -5,6 +5,9 @@ and MRPC's header starts with a BOM. Every file and row is checked: an empty or 
 that is not UTF-8 text, a short row or a label outside the task's label set stops with the file (and line)
 as a DataError. Tokenised splits are cached on disk, keyed by a hash of the data's content, the tokenizer
 and the max length, so a second run does not tokenise again and an edited file is never served stale.
+
+The GLUE test splits (``read_test_examples``, for the leaderboard files of ``subspace_tuning.predict``) have their
+own layout: an index column and no label in the TSVs, label -1 and an ``idx`` column on the Hub.
 """
 
 from __future__ import annotations
@@ -93,23 +96,32 @@ def _decode(raw: bytes, path: Path) -> str:
                         "LATIN1 -t UTF-8 for Latin-1 text) or check that it is the right file") from None
 
 
+def _tsv_rows(path: Path, header: bool) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
+    """The header (None without one) and every non-blank row of a TSV file as (line number, fields)."""
+    lines = _decode(path.read_bytes(), path).split("\n")
+    head = lines[0].rstrip("\r").split("\t") if header else None
+    rows = [(number, line.rstrip("\r").split("\t"))
+            for number, line in enumerate(lines[1 if header else 0:], start=2 if header else 1) if line.strip()]
+    return head, rows
+
+
+def _check_width(path: Path, number: int, fields: list[str], needed: int) -> None:
+    if len(fields) < needed:
+        raise DataError(f"{path}:{number}: malformed row, expected at least {needed} tab-separated "
+                        f"columns, found {len(fields)}")
+
+
 def read_tsv(path: Path, task: DictConfig) -> Examples:
     """One GLUE TSV file, validated file first, then row by row."""
     spec = task.tsv
     labels_in_file = list(spec.labels) if spec.labels is not None else None
-    lines = _decode(path.read_bytes(), path).split("\n")
-    header = lines[0].rstrip("\r").split("\t") if spec.header else None
+    header, rows = _tsv_rows(path, bool(spec.header))
     text_idx = [_column_index(c, header, path) for c in spec.text_columns]
     label_idx = _column_index(spec.label_column, header, path)
     needed = max(text_idx + [label_idx]) + 1
     texts, labels = [], []
-    for number, line in enumerate(lines[1 if spec.header else 0:], start=2 if spec.header else 1):
-        if not line.strip():
-            continue
-        fields = line.rstrip("\r").split("\t")
-        if len(fields) < needed:
-            raise DataError(f"{path}:{number}: malformed row, expected at least {needed} tab-separated "
-                            f"columns, found {len(fields)}")
+    for number, fields in rows:
+        _check_width(path, number, fields, needed)
         raw_label = fields[label_idx].strip()
         if labels_in_file is None:
             try:
@@ -129,15 +141,19 @@ def read_tsv(path: Path, task: DictConfig) -> Examples:
     return Examples(texts, labels)
 
 
-def read_hub(task: DictConfig) -> dict[str, Examples]:
+def _load_hub(path: str, name: str) -> DatasetDict:
     from datasets import load_dataset
 
     try:
-        dataset = load_dataset(task.hub.path, task.glue_name)
+        return load_dataset(path, name)
     except Exception as err:  # network errors come in many types; all mean the same to the user
-        raise DataError(f"could not load {task.hub.path}/{task.glue_name} from the Hugging Face Hub "
-                        f"({type(err).__name__}). Offline, point task.data_dir (or GLUE_DIR) at a folder "
-                        "of GLUE TSVs, e.g. task.data_dir=../shared/glue") from err
+        raise DataError(f"could not load {path}/{name} from the Hugging Face Hub ({type(err).__name__}). "
+                        "Offline, point task.data_dir (or GLUE_DIR; subspace_tuning.predict: --data-dir) at a "
+                        "folder of GLUE TSVs, e.g. task.data_dir=../shared/glue") from err
+
+
+def read_hub(task: DictConfig) -> dict[str, Examples]:
+    dataset = _load_hub(task.hub.path, task.glue_name)
     splits = {}
     for split in task.splits:
         rows = dataset[split]
@@ -157,6 +173,109 @@ def read_examples(task: DictConfig) -> dict[str, Examples]:
         return {split: read_tsv(path, task) for split, path in tsv_files(task).items()}
     return read_hub(task)
 
+
+
+# --- GLUE test splits ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TestSplit:
+    """One GLUE test split: its file in the original TSV layout (header, an index column, no label), its Hub
+    config and split (label -1, an ``idx`` column), and the leaderboard file that its predictions go to."""
+
+    name: str
+    tsv: str                              # path under the GLUE folder
+    text_columns: tuple[str, ...]         # header names in that file
+    submission: str                       # the file name the GLUE leaderboard expects in the zip
+    index_column: str = "index"
+    hub_config: str | None = None         # None: the task's own (``task.glue_name``)
+    hub_text_columns: tuple[str, ...] | None = None  # None: the task's own (``task.hub.text_columns``)
+    optional: bool = False                # written where present (the diagnostic set, AX)
+
+
+def _single(folder: str, submission: str, *columns: str, index: str = "index") -> tuple[TestSplit, ...]:
+    return (TestSplit("test", f"{folder}/test.tsv", columns, submission, index),)
+
+
+# The test files of the GLUE download (download_glue_data.py, the layout task.data_dir points at) and the
+# submission files of gluebenchmark.com. AX, the diagnostic set, is predicted by the MNLI model (its labels).
+# WNLI is not a task of this project (the paper leaves it out, as BERT and RoBERTa did).
+GLUE_TEST_SPLITS: dict[str, tuple[TestSplit, ...]] = {
+    "cola": _single("CoLA", "CoLA.tsv", "sentence"),
+    "sst2": _single("SST-2", "SST-2.tsv", "sentence"),
+    "mrpc": _single("MRPC", "MRPC.tsv", "#1 String", "#2 String"),
+    "stsb": _single("STS-B", "STS-B.tsv", "sentence1", "sentence2"),
+    "qqp": _single("QQP", "QQP.tsv", "question1", "question2", index="id"),
+    "mnli": (TestSplit("test_matched", "MNLI/test_matched.tsv", ("sentence1", "sentence2"), "MNLI-m.tsv"),
+             TestSplit("test_mismatched", "MNLI/test_mismatched.tsv", ("sentence1", "sentence2"), "MNLI-mm.tsv"),
+             TestSplit("test", "diagnostic/diagnostic.tsv", ("sentence1", "sentence2"), "AX.tsv", hub_config="ax",
+                       hub_text_columns=("premise", "hypothesis"), optional=True)),
+    "qnli": _single("QNLI", "QNLI.tsv", "question", "sentence"),
+    "rte": _single("RTE", "RTE.tsv", "sentence1", "sentence2"),
+}
+
+
+@dataclass
+class TestExamples:
+    """Rows of one test split: the index the leaderboard file must repeat and the texts (no labels)."""
+
+    indices: list[str]
+    texts: list[tuple[str, ...]]
+
+
+def test_splits(task: DictConfig) -> tuple[TestSplit, ...]:
+    """The GLUE test splits of ``task``; a DataError for a task that has none (the built-in task)."""
+    splits = GLUE_TEST_SPLITS.get(str(task.get("glue_name")))
+    if splits is None:
+        raise DataError(f"task {task.name} has no GLUE test split (test predictions are for the GLUE tasks: "
+                        f"{', '.join(sorted(GLUE_TEST_SPLITS))})")
+    return splits
+
+
+def read_test_tsv(path: Path, split: TestSplit) -> TestExamples:
+    """One GLUE test TSV (header, index column, no label), validated like ``read_tsv``."""
+    header, rows = _tsv_rows(path, header=True)
+    index_idx = _column_index(split.index_column, header, path)
+    text_idx = [_column_index(c, header, path) for c in split.text_columns]
+    needed = max(text_idx + [index_idx]) + 1
+    indices, texts = [], []
+    for number, fields in rows:
+        _check_width(path, number, fields, needed)
+        indices.append(fields[index_idx].strip())
+        texts.append(tuple(fields[i] for i in text_idx))
+    if not indices:
+        raise DataError(f"{path}: no examples (only a header line); a GLUE test file has one row per example")
+    return TestExamples(indices, texts)
+
+
+def read_test_examples(task: DictConfig, data_dir: str | os.PathLike | None = None) -> dict[TestSplit, TestExamples]:
+    """The test splits of a GLUE task, from the TSVs in ``data_dir`` (default ``task.data_dir``) or, when neither
+    is set, from the Hub. A missing test file is a DataError naming what is expected; a missing optional split
+    (AX) is left out."""
+    splits = test_splits(task)
+    folder = data_dir if data_dir is not None else task.get("data_dir")
+    if not folder:
+        return _read_test_hub(task, splits)
+    folder = Path(str(folder)).expanduser()
+    found = {split: folder / split.tsv for split in splits if (folder / split.tsv).is_file()}
+    missing = [split.tsv for split in splits if split not in found and not split.optional]
+    if missing:
+        raise DataError(f"task {task.name}: {folder} has no {', '.join(missing)}. The GLUE test splits come with the "
+                        f"original GLUE download (download_glue_data.py: test.tsv, MNLI test_matched.tsv and "
+                        f"test_mismatched.tsv, diagnostic/diagnostic.tsv), with an index column and no label; put "
+                        f"them there, point --data-dir at a folder that has them, or read the Hub's test split "
+                        f"(no data folder)")
+    for split in splits:
+        if split not in found:
+            log.info("%s: no %s in %s; %s is left out", task.name, split.tsv, folder, split.submission)
+    return {split: read_test_tsv(path, split) for split, path in found.items()}
+
+
+def _read_test_hub(task: DictConfig, splits: tuple[TestSplit, ...]) -> dict[TestSplit, TestExamples]:
+    examples = {}
+    for split in splits:
+        rows = _load_hub(task.hub.path, split.hub_config or task.glue_name)[split.name]
+        columns = [rows[c] for c in split.hub_text_columns or task.hub.text_columns]
+        examples[split] = TestExamples([str(i) for i in rows["idx"]], list(zip(*columns, strict=True)))
+    return examples
 
 # --- data identity --------------------------------------------------------------------------------
 HASH_CHUNK = 1 << 20  # 1 MiB reads: constant memory whatever the file size
@@ -213,13 +332,22 @@ def cache_key(task: DictConfig, tokenizer: Tokenizer, max_length: int) -> str:
     return f"{task.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
+def encode(texts: list[tuple[str, ...]], tokenizer: Tokenizer, max_length: int) -> dict[str, list]:
+    """Token ids (and masks) of rows of one or two texts, truncated to ``max_length``."""
+    columns = list(zip(*texts, strict=True))
+    return dict(tokenizer(*[list(c) for c in columns], truncation=True, max_length=max_length))
+
+
 def tokenize(examples: dict[str, Examples], tokenizer: Tokenizer, max_length: int) -> DatasetDict:
-    splits = {}
-    for split, ex in examples.items():
-        columns = list(zip(*ex.texts, strict=True))
-        encoded = tokenizer(*[list(c) for c in columns], truncation=True, max_length=max_length)
-        splits[split] = Dataset.from_dict({**encoded, "labels": ex.labels})
-    return DatasetDict(splits)
+    return DatasetDict({split: Dataset.from_dict({**encode(ex.texts, tokenizer, max_length), "labels": ex.labels})
+                        for split, ex in examples.items()})
+
+
+def model_inputs(dataset: Dataset, model_cfg: DictConfig) -> Dataset:
+    """``dataset`` without segment ids when the model has a single token type (RoBERTa, DeBERTaV3)."""
+    if int(model_cfg.arch.get("type_vocab_size", 2)) < 2 and "token_type_ids" in dataset.column_names:
+        return dataset.remove_columns("token_type_ids")
+    return dataset
 
 
 def _load_cached(path: Path, splits: list[str]) -> DatasetDict | None:
@@ -346,8 +474,7 @@ def build_dataloaders(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[DataLoader
     empty = [split for split, rows in dataset.items() if len(rows) == 0]
     if empty:
         raise DataError(f"task {cfg.task.name}: split {', '.join(empty)} has no examples; check the data source")
-    if int(cfg.model.arch.get("type_vocab_size", 2)) < 2 and "token_type_ids" in dataset["train"].column_names:
-        dataset = dataset.remove_columns("token_type_ids")  # RoBERTa / DeBERTaV3 have no segment embeddings
+    dataset = DatasetDict({split: model_inputs(rows, cfg.model) for split, rows in dataset.items()})
     collate = DataCollatorWithPadding(tokenizer)
     train = train_subset(dataset["train"], max_train)
     generator = torch.Generator().manual_seed(int(cfg.seed))

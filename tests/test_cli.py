@@ -59,7 +59,7 @@ CASES = [
 
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("train", "params", "export", "report", "bench")  # each a console script subspace-tuning-<tool>
+TOOLS = ("train", "params", "export", "report", "bench", "predict")  # each a console script subspace-tuning-<tool>
 
 
 def _run(args: str) -> subprocess.CompletedProcess:
