@@ -270,9 +270,12 @@ def read_test_examples(task: DictConfig, data_dir: str | os.PathLike | None = No
 
 
 def _read_test_hub(task: DictConfig, splits: tuple[TestSplit, ...]) -> dict[TestSplit, TestExamples]:
-    examples = {}
+    examples, loaded = {}, {}
     for split in splits:
-        rows = _load_hub(task.hub.path, split.hub_config or task.glue_name)[split.name]
+        config = split.hub_config or task.glue_name
+        if config not in loaded:  # MNLI's two test splits come in one load
+            loaded[config] = _load_hub(task.hub.path, config)
+        rows = loaded[config][split.name]
         columns = [rows[c] for c in split.hub_text_columns or task.hub.text_columns]
         examples[split] = TestExamples([str(i) for i in rows["idx"]], list(zip(*columns, strict=True)))
     return examples

@@ -262,3 +262,49 @@ def test_length_grouped_order_is_seeded_complete_and_resumable():
     assert lengths[batches[0]].max() == lengths.max()  # the longest batch first
     shuffled = [np.asarray(p) for p in np.array_split(np.random.default_rng(1).permutation(1000), 63)]
     assert padding_fraction(lengths, batches) < 0.1 < padding_fraction(lengths, shuffled)
+
+
+# --- GLUE test splits (subspace_tuning.predict) ---------------------------------------------------
+def test_test_files_are_read_by_column_name_with_their_index(tmp_path):
+    qqp = tmp_path / "QQP" / "test.tsv"  # QQP's test index column is "id"; the texts follow it
+    qqp.parent.mkdir()
+    qqp.write_text("id\tquestion1\tquestion2\n7\tWhy?\tHow?\n\n12\tWho\tWhere \"\n")
+    task = compose(["task=qqp", f"task.data_dir={tmp_path}"]).task
+    ((split, rows),) = data.read_test_examples(task).items()
+    assert (split.submission, rows.indices, rows.texts) == ("QQP.tsv", ["7", "12"], [("Why?", "How?"),
+                                                                                     ("Who", 'Where "')])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("index\tsentence1\tsentence2\n0\tonly one\n", r"RTE/test.tsv:2: malformed row, expected at least 3"),
+    ("index\tsentence1\tsentence2\n", r"RTE/test.tsv: no examples \(only a header line\)"),
+    ("index\tpremise\thypothesis\n0\ta\tb\n", r"header has no column 'sentence1'"),
+])
+def test_a_bad_test_file_names_file_and_line(tmp_path, text, message):
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "test.tsv").write_text(text)
+    with pytest.raises(DataError, match=message):
+        data.read_test_examples(compose(["task=rte"]).task, tmp_path)
+
+
+def test_a_task_without_a_glue_test_split_says_so():
+    with pytest.raises(DataError, match="task toy-sentiment has no GLUE test split"):
+        data.read_test_examples(compose(["task=toy-sentiment"]).task)
+
+
+def test_hub_test_splits_take_idx_and_ignore_the_minus_one_labels(monkeypatch):
+    from datasets import Dataset, DatasetDict
+
+    loaded = []
+
+    def load_dataset(path, name):
+        loaded.append((path, name))
+        rows = {"premise": ["p0", "p1"], "hypothesis": ["h0", "h1"], "label": [-1, -1], "idx": [5, 9]}
+        splits = ("test",) if name == "ax" else ("test_matched", "test_mismatched")
+        return DatasetDict({split: Dataset.from_dict(rows) for split in splits})
+
+    monkeypatch.setattr("datasets.load_dataset", load_dataset)
+    examples = data.read_test_examples(compose(["task=mnli", "task.data_dir=null"]).task)
+    assert [s.submission for s in examples] == ["MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv"]
+    assert loaded == [("nyu-mll/glue", "mnli"), ("nyu-mll/glue", "ax")]
+    assert all(rows.indices == ["5", "9"] and rows.texts == [("p0", "h0"), ("p1", "h1")] for rows in examples.values())
