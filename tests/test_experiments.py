@@ -54,3 +54,30 @@ def test_mini_glue_states_its_training_subset_per_task(task, samples):
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.max_length, cfg.train.threads) == (1, 16, 64, 1)
     sweep = OmegaConf.load(CONF_DIR / "experiment" / "mini_glue.yaml").hydra
     assert len(sweep.sweeper.rows) * 5 * 3 == 210 and sweep.launcher.n_jobs == 2
+
+
+AUTHORS_METHODS = ["lora", "pissa", "milora", "moslora", "lora_dash", "liera", "flexlora"]
+
+
+@pytest.mark.parametrize("experiment,model", [("authors_methods_roberta_base", "roberta-base"),
+                                              ("authors_methods_deberta_v3_base", "deberta-v3-base"),
+                                              ("authors_methods_roberta_large", "roberta-large")])
+def test_authors_methods_experiments_run_every_newer_method_beside_lora(experiment, model):
+    from subspace_tuning.config import compose
+    from subspace_tuning.methods import catalogue
+
+    grid = OmegaConf.load(CONF_DIR / "grid" / "authors_methods.yaml")
+    rows = grid_rows(list(grid.rows))
+    assert [method for method, _, _ in rows] == AUTHORS_METHODS
+    assert set(AUTHORS_METHODS) <= {cls.name for cls in catalogue()}
+    assert (grid.params.rank, grid.params.seed) == ("2,4,8,16", "0,1,2,3,4")
+    assert grid.params.task.split(",") == ["mnli", "sst2", "cola", "qqp", "qnli", "rte", "mrpc", "stsb"]
+    cfg = compose([f"experiment={experiment}", "method=lora_dash"])
+    assert (cfg.model.name, cfg.experiment_name, cfg.protocol.name) == (model, experiment, "paper")
+
+
+def test_authors_methods_dry_run_counts_every_run(tmp_path):
+    result = train_py(["-m", "experiment=authors_methods_roberta_base", "hydra.sweeper.dry_run=true",
+                       f"output_root={tmp_path}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("grid: 1120 runs (7 rows x 160 grid points); 0 already complete, 1120 to run")
