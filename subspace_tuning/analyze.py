@@ -47,6 +47,8 @@ from .errors import NotMergeableError, SubspaceTuningError
 if TYPE_CHECKING:  # torch is imported where it is used, so that --help and usage errors answer at once
     import torch
 
+    from .results import RowKey
+
 ANALYSIS_FILE = "analysis.json"
 TEN_PERCENT = 0.1  # the second k of share(k): 10% of min(out, in)
 
@@ -229,6 +231,7 @@ def write_out(path: Path, data: Any) -> None:
 class Analysed:
     """A run of the report's records with its analysis (None: skipped, ``why`` says why)."""
 
+    key: RowKey
     label: str
     family: str | None
     task: str
@@ -270,9 +273,10 @@ def analyse_folders(folder: Path, write_runs: bool, recompute: bool) -> list[Ana
                 write_out(run / "analysis.md", run_markdown(result))
         if result is not None and result["skipped"]:
             why = result["skipped"]
-        analysed.append(Analysed(record.key.label, family(record.key.method), record.task, record.model, result,
+        label = record.key.label + ("" if record.key.rank is None else f" r={record.key.rank}")
+        analysed.append(Analysed(record.key, label, family(record.key.method), record.task, record.model, result,
                                  why))
-    return analysed
+    return sorted(analysed, key=lambda item: item.key.sort_key())  # the paper's row order
 
 
 def study_tables(analysed: list[Analysed]) -> dict[str, Any]:

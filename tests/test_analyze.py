@@ -189,9 +189,9 @@ def test_command_on_a_sweep_writes_the_table_and_figures(trained_runs: Path, tmp
     out = capsys.readouterr().out
     tables = json.loads((tmp_path / "subspace_analysis.json").read_text())
     rows = tables["tiny-roberta"]["rows"]
-    assert set(rows) == {"LoRA", "SAM-PARSER"}
+    assert list(rows) == ["SAM-PARSER", "LoRA r=8"]  # the paper's row order
     assert rows["SAM-PARSER"]["tasks"]["toy-sentiment"]["diagonal"] == pytest.approx(1.0, abs=1e-4)
-    assert rows["LoRA"]["family"] == "extension" and "| LoRA | extension |" in out
+    assert rows["LoRA r=8"]["family"] == "extension" and "| LoRA r=8 | extension |" in out
     assert (tmp_path / "figures" / "subspace_tiny-roberta_toy-sentiment.png").stat().st_size > 0
 
 
