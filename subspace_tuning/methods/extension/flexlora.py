@@ -134,8 +134,8 @@ class FlexLoRALinear(AdaLoRALinear):
 @register
 class FlexLoRA(AdaLoRA):
     """FlexLoRA on all six linear modules: phi(W) = W + (alpha / active_r) P diag(lambda * m) Q, ranks pruned and
-    grown by spectral-energy entropy under a constant budget. Composes with MPC_o / MPC_d (on the active rows of Q
-    and columns of P; the toolkit trains it with AdaLoRA's orthogonality regulariser, i.e. mpc=o) and MPC_n."""
+    grown by spectral-energy entropy under a constant budget. Composes with MPC_o / MPC_d (on all r slots of Q and
+    P, as for AdaLoRA; the toolkit trains it with AdaLoRA's orthogonality regulariser, i.e. mpc=o) and MPC_n."""
 
     name = "flexlora"
     display_name = "FlexLoRA"
@@ -168,12 +168,6 @@ class FlexLoRA(AdaLoRA):
     def wrap(self, linear: nn.Linear, target: Target) -> FlexLoRALinear:
         return FlexLoRALinear(linear, self.rank, self.config.alpha, self.config.dropout, self.active_r,
                               self.activation())
-
-    def regularizers(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """MPC_o / MPC_d on the active directions only: the toolkit's regulariser sees only the factors it holds."""
-        pairs = [(m.lora_A[m.rank_mask], m.lora_B[:, m.rank_mask]) for m in self.adalora_modules(model).values()]
-        term = self.mpc.loss(pairs)
-        return {} if term is None else {f"mpc_{self.mpc.name}": term}
 
     # --- rank allocation ----------------------------------------------------------------------
     @torch.no_grad()
