@@ -28,9 +28,11 @@ with huggingface_hub (a failed upload leaves the local export as it is).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,8 +167,6 @@ def label_names(cfg: DictConfig) -> dict[int, str] | None:
     return {i: str(label) for i, label in enumerate(labels)} if labels and len(labels) == cfg.task.num_labels else None
 
 
-
-
 def merged_writer(cfg: DictConfig, tokenizer: Any, model: torch.nn.Module, method: Any) -> Writer:
     """Merge now (refusing what cannot merge); the writer saves the checked merged checkpoint."""
     merged, difference = merge_checked(model, method, tokenizer)
@@ -192,25 +192,40 @@ def peft_writer(cfg: DictConfig, tokenizer: Any, model: torch.nn.Module, method:
     from .peft_format import check_exportable, peft_model_of
 
     check_exportable(method)  # before any backbone is built
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ExportError("--format peft needs Hugging Face PEFT: pip install 'subspace-tuning[peft]' (peft 0.21.2, "
+                          "the version the export is tested against)") from None
 
     def initial() -> torch.nn.Module:
-        fresh = backbone(cfg, tokenizer)
-        type(method)(method.config).apply(fresh)  # the same settings, at initialisation
-        return fresh
+        fresh, again = backbone(cfg, tokenizer), type(method)(method.config)  # the same settings, at initialisation
+        again.mpc = method.mpc
+        return again.apply(fresh)
 
-    adapter = peft_model_of(method, model, backbone(cfg, tokenizer), method_options(cfg), initial, steps)
+    with quiet_peft():
+        adapter = peft_model_of(method, model, backbone(cfg, tokenizer), method_options(cfg), initial, steps)
 
     def write(folder: Path) -> float:
         from peft import PeftModel
 
         adapter.save_pretrained(folder)
-        loaded = PeftModel.from_pretrained(backbone(cfg, tokenizer), folder).eval()
+        with quiet_peft():
+            loaded = PeftModel.from_pretrained(backbone(cfg, tokenizer), folder).eval()
         probe = tokenizer(PROBE, padding=True, return_tensors="pt")
         with torch.no_grad():
             return check_logits("PEFT adapter's (loaded back with PeftModel.from_pretrained)",
                                 loaded(**probe).logits, model(**probe).logits)
 
     return write
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """PEFT 0.21 calls a transformers 5 method that warns it is deprecated; the warning is not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 Writer = Callable[[Path], float]
@@ -279,8 +294,8 @@ def push(folder: Path, repo_id: str) -> str:
     except Exception as err:  # network, HTTP, authentication and validation errors have no common base
         raise PushError(f"the export at {folder} is complete and untouched, but uploading it to the Hugging Face Hub "
                         f"repository {repo_id!r} failed ({type(err).__name__}: {one_line(str(err))[:300]}). Check "
-                        f"the network and your token (huggingface-cli login, or HF_TOKEN), then upload the folder "
-                        f"as it is: huggingface-cli upload {repo_id} {folder}") from None
+                        f"the network and your token (hf auth login, or HF_TOKEN), then upload the folder as it "
+                        f"is: hf upload {repo_id} {folder}") from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -299,6 +314,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point; every error is one paragraph on stderr and exit status 2."""
     args = parse_args(argv)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # the command answers in one line (or one error paragraph), not loading bars
     try:
         out = export_run(args.run, args.out, args.format, args.push_to_hub)
     except SubspaceTuningError as err:

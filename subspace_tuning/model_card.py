@@ -103,7 +103,7 @@ def model_card(cfg: DictConfig, record: dict[str, Any], method: Method, summary:
         "## Method", "", description(method), "",
         f"- family: {type(method).family}; rank: {rank}; matrix pattern constraint: {cfg.mpc.name}",
         f"- trainable parameters: {params.get('trainable', '?')} (classification head {params.get('head', '?')}) of "
-        f"{params.get('total', '?')}, {params.get('per_mille', float('nan')):.3f} per mille",
+        f"{params.get('total', '?')}" + (f", {params['per_mille']:.3f} per mille" if "per_mille" in params else ""),
         f"- exported logits vs the adapted model's on a probe batch: max difference "
         f"{summary['max_abs_logit_difference']:.2g}", "",
         "## Dev scores", "", "| evaluation | step | epoch | scores |", "| --- | --- | --- | --- |",

@@ -9,6 +9,7 @@ unfinished, NaN weights) are refused."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,33 @@ MERGEABLE = ["bitfit", "dora", "ia3", "sam_parser", "spectral_adapter", "ssb", "
 SENTENCES = ["the cat sat on the mat", "an entirely different and longer sentence", "no"]
 
 
+def save_backbone(folder: Path, model_name: str) -> Path:
+    """Save the tiny model ``model_name`` (seed 0, nonzero biases and LayerNorms) as a local pretrained folder,
+    which runs and exports then use as their backbone (``model.source=hub model.hub_name=<folder>``)."""
+    from subspace_tuning.config import compose
+    from subspace_tuning.models import build_model, load_tokenizer
+
+    model_cfg = compose([f"model={model_name}"]).model
+    torch.manual_seed(0)
+    backbone = build_model(model_cfg, 2, load_tokenizer(model_cfg))
+    with torch.no_grad():
+        for name, param in backbone.named_parameters():
+            if name.endswith(".bias") or "LayerNorm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    backbone.save_pretrained(folder)
+    return folder
+
+
+def trained_run(tmp_path: Path, backbone: Path, method: str, model: str = "tiny-roberta",
+                overrides: tuple[str, ...] = ()) -> Path:
+    """The folder of a run trained in this process (12 steps, rank 4) on the saved tiny backbone."""
+    from conftest import run_in_process
+
+    run_in_process(tmp_path, [f"model={model}", f"method={method}", "rank=4", "model.source=hub",
+                              f"model.hub_name={backbone}", "train.max_steps=12", *overrides])
+    return tmp_path / "run"
+
+
 def fake_run(tmp_path, model_name: str, method_name: str, status: str = "completed") -> tuple:
     """(run folder, adapted model, tokenizer) of a 'trained' run whose backbone is a local pretrained folder."""
     from subspace_tuning.config import compose
@@ -32,13 +60,7 @@ def fake_run(tmp_path, model_name: str, method_name: str, status: str = "complet
 
     cfg = compose([f"model={model_name}", f"method={method_name}", "task=mrpc", "rank=4"])
     tokenizer = load_tokenizer(cfg.model)
-    torch.manual_seed(0)
-    backbone = build_model(cfg.model, 2, tokenizer)
-    with torch.no_grad():
-        for name, param in backbone.named_parameters():
-            if name.endswith(".bias") or "LayerNorm" in name:
-                param.add_(0.1 * torch.randn_like(param))
-    backbone.save_pretrained(tmp_path / "backbone")
+    save_backbone(tmp_path / "backbone", model_name)
     cfg.model.source, cfg.model.hub_name = "hub", str(tmp_path / "backbone")
     run = tmp_path / "run"
     run.mkdir()
@@ -166,3 +188,26 @@ def test_a_nan_logit_difference_fails_the_merge_check(tmp_path):
         model.classifier.dense.weight.fill_(float("nan"))
     with pytest.raises(SubspaceTuningError, match="differ from the adapted model's by nan"):
         merge_checked(model, method, tokenizer)
+
+
+# --- the Hub -----------------------------------------------------------------------------------------------
+def test_push_to_hub_offline_fails_in_one_paragraph_and_keeps_the_export(tmp_path, capsys, monkeypatch):
+    """No network here: the upload fails, the command says so in one paragraph (exit 2) and the finished export
+    stays as written. HF_ENDPOINT points at a closed local port only so that the failure is immediate."""
+    from subspace_tuning.export import main
+
+    run, _, _ = fake_run(tmp_path, "tiny-roberta", "ssl")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run), "--push-to-hub", "someone/tiny-mrpc-ssl"])
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and line.startswith("error: ") and "Traceback" not in err
+    assert "is complete and untouched, but uploading it to the Hugging Face Hub repository 'someone/tiny-mrpc-ssl' " \
+           "failed" in line and f"hf upload someone/tiny-mrpc-ssl {run / 'export'}" in line
+    export = run / "export"
+    assert {"config.json", "model.safetensors", "README.md", "export.json", "tokenizer.json"} <= {
+        p.name for p in export.iterdir()}
+    assert "someone/tiny-mrpc-ssl" in (export / "README.md").read_text()  # the card names the repository
+    assert not (run / ".export.partial").exists()

