@@ -18,7 +18,7 @@ Paper vs the authors' Subspace-Tuning toolkit (docs/methods.md, LoRA-Dash; where
 
 - t counts training steps in the paper; the toolkit counts forward calls of each layer (evaluation forwards and
   gradient-accumulation micro-batches included). Here: optimizer steps, as a step count (>= 1) or a fraction of
-  the run (< 1), read by ``config.steps_of``. Defaults t = 100, s = 8, as in the paper and the toolkit.
+  the run (< 1), read by ``config.steps_of``. Defaults t = 100, s = 8, the toolkit's values.
 - The toolkit switches the coefficients' ``requires_grad`` on at the launch, so AdamW's moments and bias
   correction for c start there; here c is in the optimizer from step 1 with zero gradients, so at the launch its
   step count is already t: the moments start at zero all the same, but their bias corrections differ, so for
