@@ -142,3 +142,15 @@ def test_cli_peft_format(tmp_path, backbones, capsys):
     assert "load it with peft.PeftModel.from_pretrained" in capsys.readouterr().out
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
+
+
+def test_peft_still_cannot_run_prefix_tuning_on_transformers_5():
+    """Why prefix tuning is refused; when a PEFT release runs it, this fails and the refusal should become an
+    export (PEFT's prefix layout is tested against ours in test_peft_oracle_reconstruction.py)."""
+    from conftest import tiny_batch, tiny_model
+
+    model = peft.get_peft_model(tiny_model("tiny-roberta"), peft.PrefixTuningConfig(
+        task_type=peft.TaskType.SEQ_CLS, num_virtual_tokens=4))
+    batch = tiny_batch()
+    with pytest.raises(ValueError, match="does not support past key values"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

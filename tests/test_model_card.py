@@ -41,6 +41,10 @@ def test_merged_export_card_holds_the_runs_numbers(tmp_path):
     (result,) = header["model-index"][0]["results"]
     assert result["dataset"] == {"name": "GLUE mrpc", "type": "nyu-mll/glue", "config": "mrpc", "split": "validation"}
     assert {m["type"]: m["value"] for m in result["metrics"]} == record["best"]["scores"]
+    from huggingface_hub import ModelCard  # the Hub's own parser reads the same scores back
+
+    parsed = ModelCard((run / "export" / "README.md").read_text()).data.eval_results
+    assert {r.metric_type: r.metric_value for r in parsed} == record["best"]["scores"]
     assert f"trainable parameters: {record['parameters']['trainable']} " in text
     assert "phi(W) = W + (alpha / r) B A" in text and "r = 4" in text
     assert f"`{record['git_commit']}`" in text and "arXiv:2407.05417" in text
