@@ -70,11 +70,11 @@ def leaderboard_lines(cfg: DictConfig, examples: TestExamples, predictions: np.n
     """The leaderboard file: ``index<TAB>prediction`` rows, labels as the task's TSVs name them, STS-B clipped."""
     from .export import label_names
 
-    names = label_names(cfg)
-    if names is None:  # regression (STS-B)
+    if int(cfg.task.num_labels) == 1:  # regression (STS-B)
         values = [f"{min(max(float(p), STSB_RANGE[0]), STSB_RANGE[1]):.3f}" for p in predictions]
     else:
-        values = [names[int(p)] for p in predictions]
+        names = label_names(cfg) or {}
+        values = [names.get(int(p), str(int(p))) for p in predictions]
     return "index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(examples.indices, values, strict=True))
 
 
