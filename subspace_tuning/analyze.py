@@ -29,7 +29,8 @@ run's share at k = r), and ``--figures`` one bar chart per task of that share by
 bottleneck adapters) and methods that change no weight matrix (BitFit) are skipped with one line saying why.
 
 Options: ``--out DIR`` (default: the folder given), ``--figures``, ``--no-write-runs`` (do not write each run's
-``analysis.json``; a run's existing one is reused unless ``--recompute``).
+``analysis.json``; a run's existing one is reused unless ``--recompute`` or the run was retrained since), so the
+folder's table and figures regenerate from committed ``metrics.json`` and ``analysis.json`` files without weights.
 """
 
 from __future__ import annotations
@@ -182,8 +183,9 @@ def analyze_run(run: Path) -> dict[str, Any]:
             "seed": int(cfg.seed), **result}
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+def _significant(value: float | None) -> str:
+    """Three significant digits: shares run from 1e-4 (chance) to 1, amplification factors to hundreds."""
+    return "–" if value is None else f"{value:.3g}"
 
 
 def run_markdown(result: dict[str, Any]) -> str:
@@ -199,18 +201,16 @@ def run_markdown(result: dict[str, Any]) -> str:
              "| diagonal | effective rank |", "|" + " --- |" * 10]
     for name, row in result["matrices"].items():
         lines.append(f"| {name} | {row['shape'][0]}x{row['shape'][1]} | {row['relative_norm']:.2e} | "
-                     f"{_number(row['share_r']['both'])} | {_number(row['share_r']['chance'], 4)} | "
-                     f"{_number(row['share_10pct']['both'])} | {_number(row['share_10pct']['chance'], 4)} | "
-                     f"{_number(row['amplification'], 1)} | {_number(row['diagonal'])} | "
-                     f"{_number(row['effective_rank'], 1)} |")
-    summary = result["summary"]
-    lines += ["", f"Over {summary['matrices']} matrices (energy-weighted): share(r) "
-              f"{_number(summary['share_r']['both'])} (left {_number(summary['share_r']['left'])}, right "
-              f"{_number(summary['share_r']['right'])}; chance {_number(summary['share_r']['chance'], 4)}), "
-              f"share(10%) {_number(summary['share_10pct']['both'])} (chance "
-              f"{_number(summary['share_10pct']['chance'], 4)}); diagonal {_number(summary['diagonal'])}; median "
-              f"amplification "
-              f"{_number(summary['amplification'], 1)}; mean effective rank {_number(summary['effective_rank'], 1)}."]
+                     f"{_significant(row['share_r']['both'])} | {_significant(row['share_r']['chance'])} | "
+                     f"{_significant(row['share_10pct']['both'])} | {_significant(row['share_10pct']['chance'])} | "
+                     f"{_significant(row['amplification'])} | {_significant(row['diagonal'])} | "
+                     f"{_significant(row['effective_rank'])} |")
+    summary, g = result["summary"], _significant
+    share_r, share_10 = summary["share_r"], summary["share_10pct"]
+    lines += ["", f"Over {summary['matrices']} matrices (energy-weighted): share(r) {g(share_r['both'])} (left "
+              f"{g(share_r['left'])}, right {g(share_r['right'])}; chance {g(share_r['chance'])}), share(10%) "
+              f"{g(share_10['both'])} (chance {g(share_10['chance'])}); diagonal {g(summary['diagonal'])}; median "
+              f"amplification {g(summary['amplification'])}; mean effective rank {g(summary['effective_rank'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -261,7 +261,7 @@ def analyse_folders(folder: Path, write_runs: bool, recompute: bool) -> list[Ana
         cached = run / ANALYSIS_FILE
         if record.status != "completed":
             result, why = None, f"status {record.status}"
-        elif cached.is_file() and not recompute:
+        elif cached.is_file() and not recompute and not _newer(run / "trained.safetensors", cached):
             result, why = json.loads(cached.read_text()), None
         else:
             try:
@@ -277,6 +277,11 @@ def analyse_folders(folder: Path, write_runs: bool, recompute: bool) -> list[Ana
         analysed.append(Analysed(record.key, label, family(record.key.method), record.task, record.model, result,
                                  why))
     return sorted(analysed, key=lambda item: item.key.sort_key())  # the paper's row order
+
+
+def _newer(path: Path, than: Path) -> bool:
+    """Whether ``path`` exists and was written after ``than`` (a run retrained since it was analysed)."""
+    return path.is_file() and path.stat().st_mtime > than.stat().st_mtime
 
 
 def study_tables(analysed: list[Analysed]) -> dict[str, Any]:
@@ -330,14 +335,14 @@ def study_markdown(tables: dict[str, Any]) -> str:
             for task in table["tasks"]:
                 cell = row["tasks"].get(task)
                 cells.append("–" if cell is None else
-                             f"{_number(cell['share_r'])} / {_number(cell['share_10pct'])} / "
-                             f"{_number(cell['diagonal'])} / "
-                             f"{_number(cell['amplification'], 1)} / {_number(cell['effective_rank'], 1)} "
+                             f"{_significant(cell['share_r'])} / {_significant(cell['share_10pct'])} / "
+                             f"{_significant(cell['diagonal'])} / "
+                             f"{_significant(cell['amplification'])} / {_significant(cell['effective_rank'])} "
                              f"({cell['seeds']})")
             lines.append("| " + " | ".join([label, row["family"] or "–", *cells]) + " |")
         chance = {task: _mean([row["tasks"][task]["chance_r"] for row in table["rows"].values()
                                if task in row["tasks"]]) for task in table["tasks"]}
-        lines += ["", "Chance share(r) per task: " + ", ".join(f"{t} {_number(c, 4)}" for t, c in chance.items())
+        lines += ["", "Chance share(r) per task: " + ", ".join(f"{t} {_significant(c)}" for t, c in chance.items())
                   + "."]
         lines += [f"- skipped: {why}" for why in table["skipped"]]
     return "\n".join(lines) + "\n"
@@ -348,7 +353,8 @@ FAMILY_COLOURS = {"reference": "0.4", "reconstruction": "tab:blue", "extension":
 
 
 def study_figures(tables: dict[str, Any], out: Path) -> list[Path]:
-    """One bar chart per model and task: share(r) by method, coloured by family, chance as a dashed line."""
+    """One horizontal bar chart per model and task: share(r) by method on a log scale (the shares span chance, a few
+    1e-4 at MiniLM's dimensions, to 1), coloured by family, chance as a dashed line."""
     from .figures import _pyplot
 
     plt = _pyplot()
@@ -357,22 +363,29 @@ def study_figures(tables: dict[str, Any], out: Path) -> list[Path]:
     written = []
     for model, table in tables.items():
         for task in table["tasks"]:
-            rows = [(label, row) for label, row in table["rows"].items() if task in row["tasks"]]
+            rows = [(label, row["family"], row["tasks"][task]) for label, row in table["rows"].items()
+                    if task in row["tasks"] and row["tasks"][task]["share_r"]]
             if not rows:
                 continue
-            fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(rows) + 1.5), 3.6))
-            ax.bar(range(len(rows)), [row["tasks"][task]["share_r"] for _, row in rows],
-                   color=[FAMILY_COLOURS.get(row["family"], "0.7") for _, row in rows])
-            chance = _mean([row["tasks"][task]["chance_r"] for _, row in rows])
-            ax.axhline(chance, color="black", linestyle="--", linewidth=0.8, label=f"chance {chance:.3g}")
-            ax.set_xticks(range(len(rows)), [label for label, _ in rows], rotation=60, ha="right", fontsize=7)
-            ax.set_ylim(0, 1)
-            ax.set_ylabel("share of ||dW||² in W's top-r subspaces")
+            shares = [cell["share_r"] for _, _, cell in rows]
+            chance = _mean([cell["chance_r"] for _, _, cell in rows])
+            fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.3 * len(rows)))
+            y = list(range(len(rows)))[::-1]  # the first row at the top
+            ax.barh(y, shares, color=[FAMILY_COLOURS.get(fam, "0.7") for _, fam, _ in rows])
+            for yi, share in zip(y, shares, strict=True):
+                ax.text(share, yi, f" {share:.2g}", va="center", fontsize=7)
+            ax.axvline(chance, color="black", linestyle="--", linewidth=0.8)
+            ax.set_yticks(y, [label for label, _, _ in rows], fontsize=7)
+            ax.set_xscale("log")
+            ax.set_xlim(min(chance, *shares) / 3, 3.0)
+            ax.set_xlabel("share of ||dW||² inside W's top-r left and right singular vectors (log)", fontsize=8)
             ax.set_title(f"{model} {task}: where the learned updates lie", fontsize=9)
             families = [name for name in ("reference", "reconstruction", "extension", "combination")
-                        if any(row["family"] == name for _, row in rows)]
+                        if any(fam == name for _, fam, _ in rows)]
             handles = [Patch(color=FAMILY_COLOURS[name], label=name) for name in families]
-            ax.legend(handles=[*handles, *ax.get_legend_handles_labels()[0]], fontsize=7)
+            handles.append(plt.Line2D([], [], color="black", linestyle="--", linewidth=0.8,
+                                      label=f"chance {chance:.2g}"))
+            ax.legend(handles=handles, fontsize=7, loc="lower right")
             fig.tight_layout()
             path = out / "figures" / f"subspace_{model}_{task}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
