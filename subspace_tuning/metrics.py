@@ -2,6 +2,9 @@
 
 Conventions: CoLA Matthews correlation; STS-B Pearson and Spearman; MRPC and QQP accuracy and F1 of
 the positive class; accuracy elsewhere. Scores are fractions in [0, 1] (correlations in [-1, 1]).
+
+``prediction_summary`` says whether an evaluation's predictions were degenerate (one class, or constant): such a
+run scores its trivial baseline, and the runner records it (``train.Run.log_eval``) so that the report marks it.
 """
 
 from __future__ import annotations
