@@ -28,7 +28,8 @@ def test_quick_run_writes_both_sides_with_every_phase(tmp_path, capsys):
     for r in rows:
         assert r["error"] is None and r["returncode"] == 0, r
         assert all(r[key] >= 0 for key in PHASE_KEYS), r
-        assert r["startup_s"] > 0 and r["train_s"] > 0 and r["total_s"] > r["startup_s"] + r["train_s"]
+        assert 0 < r["data_ready_s"] < r["startup_s"] and r["train_s"] > 0
+        assert r["total_s"] > r["startup_s"] + r["train_s"]
         assert r["steps"] == 4 and r["steps_per_s"] > 0  # 32 rows, batch 8, one epoch
         assert 50 < r["peak_rss_mb"] < 20_000 and 0 <= r["score"] <= 1
     ours, peer = rows

@@ -55,6 +55,7 @@ def main(job_path: str, result_path: str) -> None:
     from ..metrics import compute_metrics, predictions_from_logits
     from ..models import build_model, load_tokenizer
 
+    marks["imported"] = time.time()
     job = json.loads(Path(job_path).read_text())
     torch.set_num_threads(int(job["threads"]))
     model_cfg, task_cfg = OmegaConf.create(job["model"]), OmegaConf.create(job["task"])
@@ -62,9 +63,11 @@ def main(job_path: str, result_path: str) -> None:
     tokenizer = load_tokenizer(model_cfg)
     train_rows, dev_rows = select_rows(task_cfg, job["max_train_samples"], job["max_eval_samples"], tokenizer,
                                        int(job["max_length"]), int(model_cfg.arch.get("type_vocab_size", 2)) < 2)
+    marks["data"] = time.time()
     set_seed(int(job["seed"]))  # the new head's init: our runner seeds (accelerate's set_seed) before building it
     model = get_peft_model(build_model(model_cfg, int(task_cfg.num_labels), tokenizer),
                            get_peft_config(job["peft_config"]))
+    marks["model"] = time.time()
     evaluations: list[dict[str, Any]] = []
 
     class Marks(TrainerCallback):
