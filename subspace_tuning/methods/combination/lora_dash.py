@@ -37,6 +37,7 @@ resumed run has the directions it trained with); the launch step and the chosen 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,8 @@ from ...errors import ConfigError
 from ..base import register
 from ..extension.lora import LoRAConfig, LowRankLinear, LowRankMethod
 from ..reconstruction.spectral import thin_svds
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -160,6 +163,8 @@ class LoRADash(LowRankMethod):
         for module, (u, sigma, vh) in zip(modules, thin_svds(weights), strict=True):
             module.set_directions(u, sigma, vh)
         self.launched_at = step
+        log.info("lora_dash: launched after optimizer step %d; %d directions chosen in each of %d modules", step,
+                 self.config.num_directions, len(modules))
 
     def checkpoint_state(self, model: nn.Module) -> dict[str, Any]:
         """The phase (the launch step, None before it) and the chosen directions' indices; the directions
