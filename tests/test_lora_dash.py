@@ -92,6 +92,20 @@ def test_prelaunch_as_a_fraction_of_the_run():
     assert build_method("lora_dash", {}, RANK).launch_step(1000) == 100  # the YAML's t: steps
 
 
+def test_a_run_no_longer_than_t_warns_that_it_is_plain_lora(caplog):
+    """t = 100 steps (the default) in a 48-step run: c never trains, and the log says so once."""
+    _, model, method = adapt("tiny-roberta", "lora_dash", rank=RANK)
+    with caplog.at_level("WARNING"):
+        train(model, method, steps=2, total_steps=48)
+    warnings = [r.getMessage() for r in caplog.records if "pre-launch phase" in r.getMessage()]
+    assert len(warnings) == 1 and "t = 100" in warnings[0] and "48 steps" in warnings[0]
+    caplog.clear()
+    _, model, method = adapt("tiny-roberta", "lora_dash", rank=RANK, prelaunch_steps=0.5)
+    with caplog.at_level("WARNING"):
+        train(model, method, steps=2, total_steps=48)
+    assert not [r for r in caplog.records if "pre-launch phase" in r.getMessage()]
+
+
 def test_coefficients_stay_zero_until_the_launch_under_adamw_with_weight_decay(tiny_name):
     """c is in the optimizer from step 1 and gets a gradient, but an exactly zero one while the directions are zero:
     AdamW's moments stay zero and weight decay multiplies zero, so c is 0 (and phi(W) LoRA's) until the launch;

@@ -132,6 +132,7 @@ class LoRADash(LowRankMethod):
         if problems:
             raise ConfigError(f"lora_dash: {'; '.join(problems)}")
         self.launched_at: int | None = None  # the optimizer step after which the directions were chosen
+        self.warned_short_run = False
 
     def check_rank(self, target: Target, linear: nn.Linear) -> None:
         super().check_rank(target, linear)
@@ -152,7 +153,17 @@ class LoRADash(LowRankMethod):
         return steps_of(self.config.prelaunch_steps, total_steps)
 
     def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
-        if self.launched_at is None and step >= self.launch_step(total_steps):
+        if self.launched_at is not None:
+            return
+        launch_step = self.launch_step(total_steps)
+        if launch_step >= total_steps and not self.warned_short_run:
+            # a run no longer than t never trains c: it is LoRA under another name, which a result table must not hide
+            log.warning("lora_dash: the pre-launch phase (t = %d optimizer steps) is as long as the run (%d steps), "
+                        "so the dash directions never train and this run is plain LoRA; give "
+                        "method.prelaunch_steps a fraction of the run (e.g. 0.2) or fewer steps", launch_step,
+                        total_steps)
+            self.warned_short_run = True
+        if step >= launch_step:
             self.launch(model, step)
 
     @torch.no_grad()
