@@ -255,14 +255,16 @@ def read_test_examples(task: DictConfig, data_dir: str | os.PathLike | None = No
     if not folder:
         return _read_test_hub(task, splits)
     folder = Path(str(folder)).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"task {task.name}: the GLUE data folder {folder} does not exist (or is not a folder)")
     found = {split: folder / split.tsv for split in splits if (folder / split.tsv).is_file()}
     missing = [split.tsv for split in splits if split not in found and not split.optional]
     if missing:
         raise DataError(f"task {task.name}: {folder} has no {', '.join(missing)}. The GLUE test splits come with the "
                         f"original GLUE download (download_glue_data.py: test.tsv, MNLI test_matched.tsv and "
                         f"test_mismatched.tsv, diagnostic/diagnostic.tsv), with an index column and no label; put "
-                        f"them there, point --data-dir at a folder that has them, or read the Hub's test split "
-                        f"(no data folder)")
+                        f"them there or point --data-dir at a folder that has them (a run trained without a data "
+                        f"folder reads the Hub's test split)")
     for split in splits:
         if split not in found:
             log.info("%s: no %s in %s; %s is left out", task.name, split.tsv, folder, split.submission)

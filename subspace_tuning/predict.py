@@ -133,6 +133,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point; every error is one paragraph on stderr and exit status 2."""
     args = parse_args(argv)
+    from transformers.utils import logging
+
+    # The backbone's load report calls the head 'newly initialized': it is, until the run's trained head replaces it.
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         written, archive = predict_run(args.run, args.out, args.data_dir)
     except SubspaceTuningError as err:

@@ -308,3 +308,8 @@ def test_hub_test_splits_take_idx_and_ignore_the_minus_one_labels(monkeypatch):
     assert [s.submission for s in examples] == ["MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv"]
     assert loaded == [("nyu-mll/glue", "mnli"), ("nyu-mll/glue", "ax")]
     assert all(rows.indices == ["5", "9"] and rows.texts == [("p0", "h0"), ("p1", "h1")] for rows in examples.values())
+
+
+def test_a_missing_test_data_folder_is_named(tmp_path):
+    with pytest.raises(DataError, match=f"the GLUE data folder {tmp_path / 'nope'} does not exist"):
+        data.read_test_examples(compose(["task=rte"]).task, tmp_path / "nope")
