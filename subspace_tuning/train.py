@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CHECKPOINT, read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from .config import CONF_DIR, method_options, register_resolvers, steps_of
-from .errors import SubspaceTuningError, TrainingDiverged
-from .resume import claim_folder, completed_metrics, config_fingerprint, data_digest, read_record, variant
+from .errors import ConfigError, SubspaceTuningError, TrainingDiverged
+from .resume import claim_folder, completed_metrics, config_fingerprint, data_digest, flatten, read_record, variant
 from .runio import (
     atomic_write_json,
     atomic_write_text,
@@ -41,10 +41,11 @@ from .runio import (
     peak_memory_mb,
     save_tensors,
 )
-from .step import StepResult, training_step
+from .step import StepResult, apply_step, forward_backward
 
 log = logging.getLogger("subspace_tuning")
 LOCK_SUFFIX = ".lock"
+TRACKER_DIR = "tracker"  # train.log_with: the trackers that write files write them in <run folder>/tracker/
 
 
 class Run:
@@ -183,6 +184,50 @@ def check_finite_parameters(model: nn.Module, step: int) -> None:
                                    "try a lower optim.lr")
 
 
+def train_setting(cfg: DictConfig, key: str, default: Any) -> Any:
+    """``train.<key>``, or ``default`` for a config written before the setting existed (validate.py: optional)."""
+    return OmegaConf.select(cfg, f"train.{key}", default=default)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each layer's activations in backward instead of keeping them (memory for time; the same numbers).
+
+    Non-reentrant (torch.utils.checkpoint with use_reentrant=False): the reentrant variant gives no gradient to
+    the parameters inside a layer whose inputs do not require one, which with frozen embeddings (every PEFT method)
+    is every layer, unless a hook makes the embeddings' output require one; non-reentrant needs no such hook."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"train.gradient_checkpointing=true is not possible with {type(model).__name__}: its "
+                          "transformers implementation does not support activation checkpointing; run with "
+                          "train.gradient_checkpointing=false.")
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers' new name for it
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def compile_unsupported(device: torch.device) -> str | None:
+    """Why torch.compile cannot run on ``device`` here (no C++ compiler, an unsupported Python, ...), or None.
+
+    A one-line function is compiled and run: compilation is lazy, so a model would only fail at its first step."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(2, device=device))
+    except Exception as err:  # noqa: BLE001 - whatever the cause, compiling does not work here
+        return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    return None
+
+
+def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``torch.compile(model)`` (train.compile=true), or ``model`` itself, with a warning saying why, where
+    torch.compile does not work on this machine: the run is the same computation either way."""
+    reason = compile_unsupported(device)
+    if reason is not None:
+        log.warning("train.compile=true, but torch.compile does not work on this machine (%s); training without it",
+                    reason)
+        return model
+    return torch.compile(model)
+
+
 @dataclass
 class Progress:
     """Where training stands: restored from a checkpoint on resume."""
@@ -231,6 +276,7 @@ class Recipe:
         self.cfg, self.folder = cfg, folder
         self.fingerprint = config_fingerprint(cfg)
         self.progress = Progress()
+        self.tracking, self.tracks_ranks, self.stopped = False, True, False
 
     # --- set-up -----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -250,9 +296,15 @@ class Recipe:
             torch.set_num_threads(int(cfg.train.threads))
         # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per process for
         # every optimizer step, while total_steps counts optimizer steps (data-parallel runs would decay the
-        # learning rate num_processes times too fast)
+        # learning rate num_processes times too fast). gradient_accumulation_steps: accelerate's accumulate()
+        # ends a group every k micro-batches and at the end of the data (the last, partial group still steps).
+        self.accum = int(train_setting(cfg, "grad_accum_steps", 1))
+        log_with = train_setting(cfg, "log_with", None)
+        trackers = {"log_with": log_with if isinstance(log_with, str) else list(log_with),
+                    "project_dir": str(self.folder / TRACKER_DIR)} if log_with else {}
         self.accelerator = Accelerator(mixed_precision=resolve_mixed_precision(str(cfg.train.mixed_precision)),
-                                       cpu=bool(cfg.train.cpu), step_scheduler_with_optimizer=False)
+                                       cpu=bool(cfg.train.cpu), step_scheduler_with_optimizer=False,
+                                       gradient_accumulation_steps=self.accum, **trackers)
         if self.accelerator.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 range, ~10 bits of mantissa
             torch.backends.cudnn.allow_tf32 = True
@@ -261,6 +313,7 @@ class Recipe:
         self.check_every = 1 if self.accelerator.device.type == "cpu" else int(cfg.train.log_every)
         self.run = Run(self.folder, cfg, self.fingerprint, self.accelerator.is_main_process)
         self.run.write_config()
+        self.start_trackers()
         check_metrics(cfg.task.metrics)
         self.method = build_method(cfg.method.name, method_options(cfg), cfg.rank,
                                    OmegaConf.to_container(cfg.mpc, resolve=True))
@@ -271,13 +324,16 @@ class Recipe:
         model = build_model(cfg.model, int(cfg.task.num_labels), tokenizer)
         total = sum(p.numel() for p in model.parameters())
         self.method.apply(model)
+        if train_setting(cfg, "gradient_checkpointing", False):
+            enable_gradient_checkpointing(model)
         counts = count_parameters(model, self.method, total)
         log.info(trainable_summary(counts))
         self.run.update(parameters=counts)
 
         model.to(self.accelerator.device)  # before the optimizer, so that it can pick the device's kernel
         optimizer = build_optimizer(cfg.optim, model, head_parameter_names(model))
-        self.steps_per_epoch = math.ceil(len(train_loader) / self.accelerator.num_processes)
+        # optimizer steps: every grad_accum_steps micro-batches, and one for a last, partial group of an epoch
+        self.steps_per_epoch = math.ceil(math.ceil(len(train_loader) / self.accelerator.num_processes) / self.accum)
         self.total_steps = int(cfg.train.epochs) * self.steps_per_epoch
         if cfg.train.max_steps is not None:
             self.total_steps = min(self.total_steps, int(cfg.train.max_steps))
@@ -288,6 +344,8 @@ class Recipe:
             model, optimizer, train_loader, scheduler)
         self.eval_loaders = {split: self.accelerator.prepare(loader) for split, loader in eval_loaders.items()}
         self.raw_model = self.accelerator.unwrap_model(self.model)
+        if train_setting(cfg, "compile", False):
+            self.model = compile_model(self.model, self.accelerator.device)  # raw_model stays the plain module
         self.checkpoint_path = self.folder / CHECKPOINT
 
     # --- resume -----------------------------------------------------------------------------------
@@ -309,45 +367,125 @@ class Recipe:
 
     # --- train ------------------------------------------------------------------------------------
     def unfinished(self) -> bool:
-        return self.progress.epoch < int(self.cfg.train.epochs) and self.progress.step < self.total_steps
+        return (self.progress.epoch < int(self.cfg.train.epochs) and self.progress.step < self.total_steps
+                and not self.stopped)
+
+    def loss_scale(self, index: int) -> float:
+        """What micro-batch ``index`` of an epoch multiplies its loss by, on top of accelerate's 1 / k: 1, except
+        in a last group of m < k micro-batches, k / m, so that every optimizer step takes its group's mean."""
+        group_start = index - index % self.accum
+        return self.accum / min(self.accum, len(self.train_loader) - group_start)
 
     def train(self) -> None:
-        """Epochs of optimizer steps, evaluating every ``eval_every`` steps and at every epoch end."""
+        """Epochs of optimizer steps, evaluating every ``eval_every`` steps and at every epoch end.
+
+        An optimizer step is ``train.grad_accum_steps`` micro-batches (accelerate's ``accumulate``); steps, the
+        schedule, evaluations, checkpoints, AdaLoRA's allocator and ``train.max_steps`` count optimizer steps."""
         cfg, progress = self.cfg, self.progress
         bar = tqdm(total=self.total_steps, initial=progress.step, desc=f"{cfg.method.name} {cfg.task.name}",
                    unit="step", dynamic_ncols=True,
                    disable=not (cfg.train.progress and self.accelerator.is_local_main_process))
         max_grad_norm = float(cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm else None
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # once, not every step
+        log_every = int(cfg.train.log_every)
         self.model.train()
         while self.unfinished():
-            tick, running = time.perf_counter(), Running()
-            for batch in self.train_loader:
-                result = training_step(self.model, self.method, batch, self.optimizer, progress.step + 1,
-                                       self.total_steps, raw_model=self.raw_model, scheduler=self.scheduler,
-                                       max_grad_norm=max_grad_norm, backward=self.accelerator.backward,
-                                       clip_grad_norm=self.accelerator.clip_grad_norm_,
-                                       check_finite=self.check_every == 1, trainable=trainable)
-                progress.step += 1
+            tick, running, window, micro = time.perf_counter(), Running(), Running(), []
+            for index, batch in enumerate(self.train_loader):
+                with self.accelerator.accumulate(self.model):  # no gradient all-reduce before a group's last
+                    micro.append(forward_backward(self.model, self.method, batch, progress.step + 1,
+                                                  raw_model=self.raw_model, backward=self.accelerator.backward,
+                                                  loss_scale=self.loss_scale(index),
+                                                  check_finite=self.check_every == 1))
+                if not self.accelerator.sync_gradients:
+                    continue
+                result = apply_step(self.model, self.method, micro, self.optimizer, progress.step + 1,
+                                    self.total_steps, raw_model=self.raw_model, scheduler=self.scheduler,
+                                    max_grad_norm=max_grad_norm, clip_grad_norm=self.accelerator.clip_grad_norm_,
+                                    check_finite=self.check_every == 1, trainable=trainable)
+                progress.step, micro = progress.step + 1, []
                 running.add(result)
+                window.add(result)
                 if progress.step % self.check_every == 0 or progress.step >= self.total_steps:
                     running.check_finite(progress.step, progress.step - self.check_every + 1)
                 bar.update(1)
-                if progress.step % int(cfg.train.log_every) == 0:
+                if progress.step % log_every == 0:
                     bar.set_postfix(loss=f"{running.means()[0]:.4f}", lr=f"{self.current_lr():.2e}")
+                    self.track_training(window, result)
+                    window = Running()
                 at_end = progress.step >= self.total_steps
                 if self.eval_every and progress.step % self.eval_every == 0 and not at_end:
                     progress.train_time += time.perf_counter() - tick
                     self.evaluate(*running.means())
                     tick = time.perf_counter()
+                    if self.patience_exhausted():
+                        break
                 if at_end:
                     break
             progress.train_time += time.perf_counter() - tick
+            if self.stopped:  # early stopping right after an evaluation: nothing new to evaluate
+                break
             progress.epoch += 1
             self.evaluate(*running.means())
-            if self.unfinished():
-                self.save_checkpoint()  # not after the last epoch: metrics.json, written next, holds the result
+            if self.patience_exhausted() or not self.unfinished():
+                break  # not checkpointed after the last evaluation: metrics.json, written next, holds the result
+            self.save_checkpoint()
         bar.close()
+
+    def patience_exhausted(self) -> bool:
+        """Early stopping (``train.early_stopping_patience``, off by default: the paper reports the best evaluation
+        of the full run): whether the last ``patience`` evaluations all fell short of the best one before them.
+        Read from the run's record, so it holds across a resume; the first time it holds, the run says so."""
+        patience = train_setting(self.cfg, "early_stopping_patience", None)
+        best, history = self.run.metrics["best"], self.run.metrics["history"]
+        if self.stopped or patience is None or best is None:
+            return self.stopped
+        since = sum(1 for record in history if record["step"] > best["step"])
+        if since >= int(patience):
+            self.stopped = True
+            self.run.update(stopped_early={"step": self.progress.step, "epoch": history[-1]["epoch"],
+                                           "patience": int(patience), "best_step": best["step"]})
+            log.info("early stopping at step %d: %d evaluations without improving on step %d's %s",
+                     self.progress.step, since, best["step"], self.run.metrics["metric"])
+        return self.stopped
+
+    # --- experiment tracking (train.log_with: accelerate's trackers) ---------------------------------
+    def start_trackers(self) -> None:
+        """Start the trackers of ``train.log_with`` with the resolved configuration (flat: dotted keys)."""
+        self.tracking = bool(self.accelerator.log_with)
+        if not self.tracking:
+            return
+        settings = flatten(OmegaConf.to_container(self.cfg, resolve=True))
+        config = {key: str(value) if isinstance(value, list) else value for key, value in settings.items()}
+        label = str(self.folder)
+        self.accelerator.init_trackers(str(self.cfg.experiment_name), config=config, init_kwargs={
+            "wandb": {"name": label, "dir": str(self.folder / TRACKER_DIR)}, "mlflow": {"run_name": label}})
+
+    def track(self, values: dict[str, float]) -> None:
+        """Log ``values`` to the trackers at the current optimizer step (the main process only)."""
+        if self.tracking:
+            self.accelerator.log(values, step=self.progress.step)
+
+    def track_training(self, window: Running, last: StepResult) -> None:
+        """Every ``train.log_every`` steps: the mean loss and regularisers since the last log, the learning rate,
+        the last step's gradient norm and, for AdaLoRA, the ranks."""
+        if not self.tracking:
+            return
+        loss, regularizers = window.means()
+        values = {"train/loss": loss, "train/lr": self.current_lr(),
+                  **{f"train/{name}": value for name, value in regularizers.items()}}
+        if last.grad_norm is not None:
+            values["train/grad_norm"] = float(last.grad_norm)
+        self.track({**values, **self.rank_pattern()})
+
+    def rank_pattern(self) -> dict[str, float]:
+        """AdaLoRA's rank pattern now, from its summary's ``final_ranks``: the total and every module's rank
+        ({} for a method without one, found out once)."""
+        ranks = self.method.summary(self.raw_model).get("final_ranks") if self.tracks_ranks else None
+        if not isinstance(ranks, dict):
+            self.tracks_ranks = False
+            return {}
+        return {"rank/total": float(sum(ranks.values())), **{f"rank/{name}": float(r) for name, r in ranks.items()}}
 
     def current_lr(self) -> float:
         lr = self.scheduler.get_last_lr()[0]
@@ -373,6 +511,7 @@ class Recipe:
                   "regularizers": regularizers, "lr": self.current_lr(), "scores": scores,
                   "elapsed_s": round(self.progress.train_time, 2)}
         self.run.log_eval(record)
+        self.track({f"eval/{name}": float(value) for name, value in scores.items()})
         tqdm.write(f"eval epoch {record['epoch']:.2f} step {step}: "
                    + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
@@ -401,6 +540,12 @@ class Recipe:
         if main:
             self.checkpoint_path.unlink(missing_ok=True)  # the run is complete: its result is in metrics.json
         headline = run.metrics["metric"]
+        total_rank = self.rank_pattern().get("rank/total") if self.tracking else None
+        self.track({f"final/best_{headline}": float(run.metrics["best"]["scores"][headline]),
+                    f"final/last_{headline}": float(run.metrics["last"]["scores"][headline]),
+                    "final/best_step": float(run.metrics["best"]["step"]),
+                    "final/train_steps_per_s": float(run.metrics["train_steps_per_s"]),
+                    **({"final/total_rank": total_rank} if total_rank is not None else {})})
         log.info("done: best %s %.4f (epoch %s), last %.4f; results in %s", headline,
                  run.metrics["best"]["scores"][headline], run.metrics["best"]["epoch"],
                  run.metrics["last"]["scores"][headline], self.folder)
@@ -419,6 +564,9 @@ class Recipe:
                 self.run.update(status="failed", error=str(err) or repr(err), error_type=type(err).__name__,
                                 wall_time_s=round(time.perf_counter() - start, 2))
             raise
+        finally:
+            if self.tracking:
+                self.accelerator.end_training()  # flushes and closes every tracker
 
 
 def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:

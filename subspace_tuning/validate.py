@@ -150,6 +150,30 @@ def one_of(choices: tuple[str, ...]) -> Check:
     return check
 
 
+def boolean(value: Any) -> Verdict:
+    return value, None if isinstance(value, bool) else "it must be true or false"
+
+
+def trackers(value: Any) -> Verdict:
+    """``train.log_with``: null, or accelerate's name of a tracker (or a list of them) whose package is installed
+    (accelerate itself would drop a missing one without a word)."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    if value is None:
+        return None, None
+    known = [str(kind) for kind in LoggerType]
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (ListConfig, list, tuple)) else []
+    if not names or not all(isinstance(name, str) and name in known for name in names):
+        return value, f"it must be null, one of {', '.join(known)} (accelerate's tracker names) or a list of them"
+    available = {str(kind) for kind in get_available_trackers()}
+    missing = [name for name in names if name != "all" and name not in available]
+    if missing:
+        return value, (f"the package of {', '.join(missing)} is not installed (pip install -e \".[trackers]\" "
+                       "installs tensorboard, wandb, mlflow and trackio; pip install the others by name)")
+    return value, None
+
+
 def folder_name(value: Any) -> Verdict:
     """Names that become folders of the run path (README, "What a run writes")."""
     name = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
@@ -160,7 +184,8 @@ def folder_name(value: Any) -> Verdict:
 
 
 # (dotted key as typed on the command line, check, required): a key that is not required may be absent from
-# an older config (optim.warmup_steps and model.classifier_dropout came later; train.grad_accum_steps is optional).
+# an older config (optim.warmup_steps, model.classifier_dropout, train.grad_accum_steps and the train switches
+# after train.mixed_precision came later).
 RULES: tuple[tuple[str, Check, bool], ...] = (
     ("seed", integer(0, strict=True, note=" (digits only: it names the run folder)"), True),
     ("rank", integer(1, strict=True, note=" (digits only, even for rank-free methods, which ignore it)"), True),
@@ -183,12 +208,17 @@ RULES: tuple[tuple[str, Check, bool], ...] = (
     ("train.epochs", integer(1), True),
     ("train.batch_size", integer(1), True),
     ("train.eval_batch_size", integer(1), True),
-    ("train.grad_accum_steps", integer(1), False),
+    ("train.grad_accum_steps", integer(1, note=" (micro-batches per optimizer step)"), False),
     ("train.max_steps", integer(1, nullable=True), True),
     ("train.eval_steps", steps_or_fraction, True),
     ("train.log_every", integer(1), True),
     ("train.threads", integer(1, nullable=True, note=" (null = torch's choice)"), True),
     ("train.mixed_precision", one_of(MIXED_PRECISION), True),
+    ("train.log_with", trackers, False),
+    ("train.gradient_checkpointing", boolean, False),
+    ("train.early_stopping_patience",
+     integer(1, nullable=True, note=" (evaluations without a new best; null = off)"), False),
+    ("train.compile", boolean, False),
     ("data.max_train_samples", integer(1, nullable=True), True),
     ("data.max_eval_samples", integer(1, nullable=True), True),
 )

@@ -61,6 +61,13 @@ REFUSED = [
      "train.mixed_precision='fp32' is not allowed: it must be one of auto, no, fp16, bf16"),
     (["train.mixed_precision=false"], "train.mixed_precision=false is not allowed"),
     (["++train.grad_accum_steps=0"], "train.grad_accum_steps=0 is not allowed"),
+    (["train.grad_accum_steps=2.5"], "train.grad_accum_steps=2.5 is not allowed: it must be an integer >= 1"),
+    (["train.log_with=tensorbored"], "train.log_with='tensorbored' is not allowed: it must be null, one of all, aim"),
+    (["train.log_with=[tensorboard,7]"], "train.log_with=['tensorboard', 7] is not allowed"),
+    (["train.gradient_checkpointing=1"], "train.gradient_checkpointing=1 is not allowed: it must be true or false"),
+    (["train.compile=yes"], "train.compile='yes' is not allowed: it must be true or false"),
+    (["train.early_stopping_patience=0"],
+     "train.early_stopping_patience=0 is not allowed: it must be null or an integer >= 1"),
     (["data.max_train_samples=0"], "data.max_train_samples=0 is not allowed: it must be null or an integer >= 1"),
     (["data.max_eval_samples=-5"], "data.max_eval_samples=-5 is not allowed"),
     (["data.max_length=4"], "data.max_length=4 is not allowed: it must be an integer >= 8"),
@@ -94,6 +101,8 @@ PASSES = [
     FAST + ["train.mixed_precision=bf16", "seed=12", "rank=3", "experiment_name=my-run_2.b", "optim.betas=[0,0.98]"],
     FAST + ["experiment_name=2024", "train.mixed_precision=fp16", "data.max_train_samples=1"],
     FAST + ["train.mixed_precision=auto"],
+    FAST + ["train.log_with=[tensorboard]", "train.gradient_checkpointing=true", "train.compile=true",
+            "train.early_stopping_patience=3", "train.grad_accum_steps='2'"],
     FAST + ["train.eval_steps=0.25", "model.classifier_dropout=0.1"],  # eval_steps < 1: a fraction of the run
     FAST + ["train.eval_steps=50", "model.classifier_dropout=null", "protocol=simple"],
 ]
