@@ -7,10 +7,13 @@ import json
 
 import pytest
 import torch
-from conftest import run_in_process, tiny_batch, tiny_model
+from conftest import QUICK, run_in_process, tiny_batch, tiny_model
+from omegaconf import open_dict
 from safetensors.torch import load_file
 
+from subspace_tuning.config import compose
 from subspace_tuning.methods import build_method
+from subspace_tuning.resume import config_fingerprint, variant
 from subspace_tuning.step import training_step
 from subspace_tuning.train import CHECKPOINT
 
@@ -109,3 +112,16 @@ def test_max_steps_and_the_schedule_count_optimizer_steps(tmp_path):
     metrics = run_in_process(tmp_path, ["method=lora", "train.batch_size=8", "train.grad_accum_steps=3",
                                         "train.max_steps=2", "optim.warmup_ratio=0", "++optim.warmup_steps=0"])
     assert metrics["steps"] == 2 and metrics["last"]["lr"] == 0.0  # decayed to 0 over 2 steps, not 6 batches
+
+
+def test_identity_of_runs_recorded_before_the_new_settings_is_kept():
+    """A config without the new train keys (a run recorded before them) has the fingerprint of today's default
+    config; accumulation changes the optimizer steps, so another value is another run (and folder)."""
+    today = compose(QUICK)
+    older = compose(QUICK)
+    with open_dict(older):
+        for key in ("log_with", "grad_accum_steps", "gradient_checkpointing", "early_stopping_patience", "compile"):
+            older.train.pop(key)
+    assert config_fingerprint(older) == config_fingerprint(today)
+    assert config_fingerprint(compose(QUICK + ["train.grad_accum_steps=2"])) != config_fingerprint(today)
+    assert variant(["train.grad_accum_steps=2"]) == {"train.grad_accum_steps": "2"}
