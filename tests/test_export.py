@@ -4,7 +4,9 @@ model, loaded with no project code; non-mergeable methods are refused with a cle
 A run folder is faked the way the runner writes one (config.yaml resolved, trained.safetensors from
 ``method.state_dict``, metrics.json with its status), on a tiny model saved as a local "hub" folder with nonzero
 biases and LayerNorms, so that bias handling in every merge is tested too. Runs that are not results (failed,
-unfinished, NaN weights) are refused."""
+unfinished, NaN weights) are refused. ``save_backbone`` and ``trained_run`` (a run trained in this process on such a
+backbone) serve the PEFT-format and model-card tests too. Uploading to the Hub fails here (no network): one
+paragraph, and the export stays."""
 
 from __future__ import annotations
 
