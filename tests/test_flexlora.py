@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -92,18 +93,53 @@ def test_a_full_module_does_not_grow_and_a_one_direction_module_does_not_shrink(
     assert runner_up.rank_mask.tolist() == [True, True, False]
 
 
-def test_nothing_moves_when_no_module_can_shrink_and_the_run_says_so_once(tiny_name, caplog):
-    _, model, method = adapt(tiny_name, "flexlora", rank=2, active_r=1, b=4)  # rank 2's default active_r
+def test_growth_draws_from_the_methods_seeded_generator_not_the_global_one(tiny_name):
+    """Data-parallel processes draw different numbers from the global generator (dropout on uneven batches), so a
+    growth drawn from it would differ between replicas; the method's own generator, seeded from the run's seed and
+    saved in the checkpoint, gives every process, and a resumed run, the same directions."""
+    runs = []
+    for noise in (0, 1000):
+        _, model, method = adapt(tiny_name, "flexlora", rank=4, active_r=2, b=2)
+        modules = method.adalora_modules(model)
+        for module in modules.values():
+            set_lambdas(module, [1.0, 0.5])
+        torch.randn(noise)  # another process, or a batch of another length, moved the global generator on
+        method.reallocate(modules, b=2)
+        runs.append(method.state_dict(model))
+    assert runs[0].keys() == runs[1].keys()
+    for name in runs[0]:
+        torch.testing.assert_close(runs[0][name], runs[1][name], atol=0, rtol=0, msg=name)
+
+
+def test_the_growth_generator_is_in_the_checkpoint_state(tiny_name):
+    _, model, method = adapt(tiny_name, "flexlora", rank=4, active_r=2, b=2)
     modules = method.adalora_modules(model)
     for module in modules.values():
-        set_lambdas(module, [1.0])
-    method.reallocate(modules, b=4)
-    method.reallocate(modules, b=4)
-    assert all(m.rank_mask.tolist() == [True, False] for m in modules.values())
+        set_lambdas(module, [1.0, 0.5])
+    saved = copy.deepcopy(method.checkpoint_state(model))
+    resumed = copy.deepcopy(model)
+    method.reallocate(modules, b=2)
+    _, other_model, other = adapt(tiny_name, "flexlora", rank=4, active_r=2, b=2, seed=7)  # another seed's draws
+    other.load_state_dict(other_model, other.state_dict(resumed))
+    other.load_checkpoint_state(other_model, saved)
+    other.reallocate(other.adalora_modules(other_model), b=2)
+    for name, tensor in method.state_dict(model).items():
+        torch.testing.assert_close(other.state_dict(other_model)[name], tensor, atol=0, rtol=0, msg=name)
+
+
+def test_a_run_with_no_allocation_in_its_window_says_so_once(caplog):
+    # T = 10, tinit = 4, deltaT = 3, tfinal = 3: the first allocation would be at g = 7, not < T - tfinal = 7
+    _, model, method = adapt("tiny-roberta", "flexlora", rank=4, tinit=4, tfinal=3, deltaT=3)
+    for step in range(1, 11):
+        method.after_optimizer_step(model, step, 10)
     assert method.moves == 0
-    assert [r.getMessage() for r in caplog.records] == [
-        "flexlora at rank 2 with active_r 1: no module can lose a direction, so the ranks never move; use a rank "
-        ">= 3 with 1 < active_r < rank"]
+    assert len(caplog.records) == 1
+    assert "no allocation falls in this run of 10 optimizer steps" in caplog.records[0].getMessage()
+    caplog.clear()
+    _, model, method = adapt("tiny-roberta", "flexlora", rank=4, tinit=3, tfinal=3, deltaT=3)  # g = 6 allocates
+    for step in range(1, 11):
+        method.after_optimizer_step(model, step, 10)
+    assert method.moves > 0 and not caplog.records
 
 
 def test_b_schedule():
@@ -157,35 +193,86 @@ def test_a_run_moves_directions_within_the_budget_and_still_merges_and_reloads(t
     torch.testing.assert_close(logits(fresh), expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"active_r": 5}, "active_r must be between 1 and the rank 4"),
-    ({"b": -1}, "b must be an integer >= 0"),
-    ({"b_schedule": "linear"}, "unknown b_schedule 'linear'"),
-    ({"grow_std": 0.0}, "grow_std must be > 0"),
+STEPS = r"an integer >= 1 \(steps\) or a number in \(0, 1\) \(a fraction of the run\)"
+
+
+@pytest.mark.parametrize("options, rank, message", [
+    ({"active_r": 5}, 4, "active_r must be null or an integer between 1 and the rank 4, got 5"),
+    ({"active_r": 0}, 4, "active_r must be null or an integer between 1 and the rank 4, got 0"),
+    ({"active_r": 2.5}, 4, "active_r must be null or an integer between 1 and the rank 4, got 2.5"),
+    ({"active_r": "abc"}, 4, "active_r must be null or an integer between 1 and the rank 4, got 'abc'"),
+    ({"active_r": True}, 4, "active_r must be null or an integer between 1 and the rank 4, got True"),
+    ({"b": -1}, 4, "b must be an integer >= 1 .*got -1"),
+    ({"b": 0}, 4, "b must be an integer >= 1 \\(b = 0 would never move a direction\\), got 0"),
+    ({"b": 1.5}, 4, "b must be an integer >= 1 .*got 1.5"),
+    ({"b": True}, 4, "b must be an integer >= 1 .*got True"),
+    ({"b_schedule": "linear"}, 4, "unknown b_schedule 'linear'"),
+    ({"grow_std": 0.0}, 4, "grow_std must be a finite number > 0, got 0.0"),
+    ({"grow_std": -1.0}, 4, "grow_std must be a finite number > 0, got -1.0"),
+    ({"grow_std": "abc"}, 4, "grow_std must be a finite number > 0, got 'abc'"),
+    ({"grow_std": math.inf}, 4, "grow_std must be a finite number > 0, got inf"),
+    ({"deltaT": 0}, 4, f"deltaT must be {STEPS}, got 0"),
+    ({"deltaT": 1.5}, 4, f"deltaT must be {STEPS}, got 1.5"),
+    ({"deltaT": "abc"}, 4, f"deltaT must be {STEPS}, got 'abc'"),
+    ({"tinit": None}, 4, f"tinit must be 0, {STEPS}, got None"),
+    ({"tinit": -1}, 4, f"tinit must be 0, {STEPS}, got -1"),
+    ({"tfinal": math.nan}, 4, f"tfinal must be 0, {STEPS}, got nan"),
+    ({"tfinal": True}, 4, f"tfinal must be 0, {STEPS}, got True"),
 ])
-def test_bad_settings_are_refused(options, message):
+def test_bad_settings_are_refused(options, rank, message):
     with pytest.raises(ConfigError, match=message):
-        build_method("flexlora", options, 4)
+        build_method("flexlora", options, rank)
 
 
-def test_killed_run_resumes_to_the_same_allocation(tmp_path, monkeypatch):
+@pytest.mark.parametrize("options", [{"tinit": 0, "tfinal": 0, "deltaT": 1}, {"tinit": 0.1, "tfinal": 0.3,
+                                     "deltaT": 0.05}, {"tinit": 2.0, "tfinal": 3, "deltaT": 4.0}, {"active_r": 3}])
+def test_good_settings_are_accepted(options):
+    build_method("flexlora", options, 4)
+
+
+@pytest.mark.parametrize("options, rank, message", [
+    ({"active_r": 1}, 4, "at rank 4 with active_r 1: directions can move"),
+    ({"active_r": 4}, 4, "at rank 4 with active_r 4: directions can move"),
+    ({}, 2, "at rank 2 with active_r 1 \\(the default, round\\(2 rank / 3\\)\\): directions can move"),
+    ({}, 1, "at rank 1 with active_r 1 \\(the default, round\\(2 rank / 3\\)\\): directions can move"),
+])
+def test_training_where_no_direction_can_move_is_refused_at_the_first_step(options, rank, message):
+    """The model can be built, counted and loaded at any rank; training it cannot move a direction, so the first
+    optimizer step of a run refuses (a run at rank 2 would be AdaLoRA's triplets at rank 1 under FlexLoRA's name)."""
+    _, model, method = adapt("tiny-roberta", "flexlora", rank=rank, **options)
+    with pytest.raises(ConfigError, match=f"flexlora cannot train {message} between modules only with 2 <= active_r "
+                                          "< rank .* use rank >= 3, or set method.active_r between 2 and rank - 1"):
+        method.after_optimizer_step(model, 1, 100)
+
+
+def test_b_larger_than_the_number_of_modules_is_refused():
+    with pytest.raises(ConfigError, match="flexlora b 13 is larger than the 12 adapted modules of this model"):
+        adapt("tiny-roberta", "flexlora", rank=4, b=13)
+    adapt("tiny-roberta", "flexlora", rank=4, b=12)
+
+
+@pytest.mark.parametrize("tfinal, kill", [(1, 6), (0.5, 10)], ids=["in-the-window", "after-the-window"])
+def test_killed_run_resumes_to_the_same_allocation(tmp_path, monkeypatch, tfinal, kill):
+    """Three epochs of 4 steps, allocations from the second step on; killed mid-way through an allocation window
+    (at step 6, resumed from step 4's checkpoint, where the growth generator's state matters) or after it (T - tfinal
+    = 6: killed at step 10, resumed from step 8's, when the ranks are fixed). The record, the ranks and the trained
+    tensors equal an uninterrupted run's."""
     from conftest import run_in_process
 
     from subspace_tuning.methods.extension.flexlora import FlexLoRA
     from subspace_tuning.train import CHECKPOINT
 
-    # allocations at every step from the second on, two modules each way, with the optimizer's own steps
-    overrides = [*SHORT, "method=flexlora", "rank=4", "method.tinit=1", "method.tfinal=1", "method.deltaT=1",
+    overrides = [*SHORT, "method=flexlora", "rank=4", "method.tinit=1", f"method.tfinal={tfinal}", "method.deltaT=1",
                  "method.b=2"]
     uninterrupted = run_in_process(tmp_path / "a", overrides)
     original = FlexLoRA.after_optimizer_step
 
-    def killed_at_step_6(self, model, step, total_steps):
+    def killed(self, model, step, total_steps):
         original(self, model, step, total_steps)
-        if step == 6:  # mid-way through the second of three epochs (4 steps each), after an allocation
+        if step == kill:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(FlexLoRA, "after_optimizer_step", killed_at_step_6)
+    monkeypatch.setattr(FlexLoRA, "after_optimizer_step", killed)
     with pytest.raises(KeyboardInterrupt):
         run_in_process(tmp_path / "b", overrides)
     folder = tmp_path / "b" / "run"
@@ -197,5 +284,18 @@ def test_killed_run_resumes_to_the_same_allocation(tmp_path, monkeypatch):
     assert resumed["status"] == "completed"
     assert comparable(resumed) == comparable(uninterrupted)
     summary, expected = resumed["method_summary"], uninterrupted["method_summary"]
-    assert summary["moves"] > 0 and summary["final_ranks"] == expected["final_ranks"]
-    assert summary["moves"] == expected["moves"]
+    assert summary["moves"] > 0 and summary == expected
+    a, b = (load_tensors(tmp_path / run / "run" / "trained.safetensors") for run in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_command_line_refuses_a_rank_where_nothing_can_move(tmp_path):
+    """``rank=2`` (default active_r 1) through ``python train.py``: one paragraph, exit 2, no completed run."""
+    from conftest import QUICK, train_py
+
+    result = train_py([*QUICK, "method=flexlora", "rank=2", f"output_root={tmp_path}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: flexlora cannot train at rank 2 with active_r 1 (the default, round(2 rank / 3))" in result.stderr
+    assert "Traceback" not in result.stderr
+    statuses = [json.loads(path.read_text())["status"] for path in tmp_path.rglob("metrics.json")]
+    assert statuses == ["failed"]

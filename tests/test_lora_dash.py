@@ -6,6 +6,7 @@ tests/test_methods.py (its only-own-parameters check launches after step 1, so c
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -236,11 +237,25 @@ def test_mpc_o_and_d_compose_and_n_is_refused(tiny_name):
 
 
 @pytest.mark.parametrize("options, message", [({"num_directions": 0}, "num_directions"),
+                                              ({"num_directions": True}, "num_directions"),
+                                              ({"num_directions": 2.5}, "num_directions"),
                                               ({"prelaunch_steps": 0}, "prelaunch_steps"),
-                                              ({"prelaunch_steps": -0.5}, "prelaunch_steps")])
+                                              ({"prelaunch_steps": -0.5}, "prelaunch_steps"),
+                                              # neither whole steps nor a fraction: int() would make it 1 step
+                                              ({"prelaunch_steps": 1.5}, "prelaunch_steps.* got 1.5$"),
+                                              ({"prelaunch_steps": True}, "prelaunch_steps.* got True$"),
+                                              ({"prelaunch_steps": math.inf}, "prelaunch_steps.* got inf$"),
+                                              ({"prelaunch_steps": math.nan}, "prelaunch_steps.* got nan$"),
+                                              ({"prelaunch_steps": None}, "prelaunch_steps.* got None$"),
+                                              ({"prelaunch_steps": "abc"}, "prelaunch_steps.* got 'abc'$")])
 def test_bad_settings_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         build_method("lora_dash", options, RANK)
+
+
+@pytest.mark.parametrize("t, steps", [(3, 3), (3.0, 3), (0.25, 5)])
+def test_whole_steps_and_fractions_are_accepted(t, steps):
+    assert build_method("lora_dash", {"prelaunch_steps": t}, RANK).launch_step(20) == steps
 
 
 def test_more_directions_than_a_module_has_is_a_config_error():

@@ -47,6 +47,7 @@ from torch import nn
 from ...architectures import Target
 from ...config import steps_of
 from ...errors import ConfigError
+from ...validate import steps_or_fraction
 from ..base import register
 from ..extension.lora import LoRAConfig, LowRankLinear, LowRankMethod
 from ..reconstruction.spectral import thin_svds
@@ -126,7 +127,8 @@ class LoRADash(LowRankMethod):
         if not (isinstance(config.num_directions, int) and not isinstance(config.num_directions, bool)
                 and config.num_directions >= 1):
             problems.append(f"num_directions (the paper's s) must be an integer >= 1, got {config.num_directions!r}")
-        if not (isinstance(config.prelaunch_steps, (int, float)) and config.prelaunch_steps > 0):
+        t = config.prelaunch_steps
+        if not (isinstance(t, (int, float)) and not isinstance(t, bool) and steps_or_fraction(t)[1] is None):
             problems.append(f"prelaunch_steps (the paper's t) must be an integer >= 1 (steps) or a number in (0, 1) "
                             f"(a fraction of the run), got {config.prelaunch_steps!r}")
         if problems:
