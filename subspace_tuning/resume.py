@@ -27,20 +27,23 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import ConfigError
 
-# The settings in the readable part of the folder (as command-line override keys).
-PATH_KEYS = frozenset({"model", "task", "method", "rank", "mpc", "seed", "experiment"})
+# The settings in the readable part of the folder (as command-line override keys). ``experiment`` and
+# ``hparams_search`` name the first level (their experiment_name), not a variant: a search's trials differ by
+# their sampled overrides, which do name the variant.
+PATH_KEYS = frozenset({"model", "task", "method", "rank", "mpc", "seed", "experiment", "hparams_search"})
 # Settings that do not change what a run computes (dotted keys). ``task.data_dir`` is a location: the
 # data's content is fingerprinted instead, so moving the data re-runs nothing and editing it re-runs.
-# ``train.log_with`` only reports; ``train.gradient_checkpointing`` recomputes the same activations (memory for
-# time); ``train.compile`` runs the same model through other kernels, and falls back to eager where unsupported.
+# ``train.log_with`` only reports; ``train.gradient_checkpointing`` recomputes the same activations with the same
+# dropout masks (memory for time).
 COSMETIC = frozenset({"train.progress", "train.log_every", "train.threads", "train.save_trained", "train.checkpoint",
                       "data.cache_dir", "data.num_workers", "task.data_dir", "output_root", "experiment_name",
-                      "train.log_with", "train.gradient_checkpointing", "train.compile"})
+                      "train.log_with", "train.gradient_checkpointing"})
 # Settings that change a result but came after runs were recorded: at this value a run computes what it did
 # before the setting existed, so the identity leaves it out there and an earlier run keeps its fingerprint.
 # ``train.grad_accum_steps`` changes the optimizer steps (their number, batch, schedule, AdaLoRA's allocation);
-# ``train.early_stopping_patience`` where training ends.
-NEUTRAL = {"train.grad_accum_steps": 1, "train.early_stopping_patience": None}
+# ``train.early_stopping_patience`` where training ends; ``train.compile`` the numbers (inductor's dropout draws
+# other random masks than eager's, so a compiled run is not the eager run of the same seed).
+NEUTRAL = {"train.grad_accum_steps": 1, "train.early_stopping_patience": None, "train.compile": False}
 log = logging.getLogger("subspace_tuning")
 SUPERSEDED = ".superseded-"  # suffix of a run folder moved aside because its data changed
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")

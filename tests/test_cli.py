@@ -19,7 +19,7 @@ CASES = [
     # --help / -h: usage, the arguments, an example; exit 0
     ("params --help", 0, "usage: python -m subspace_tuning.params [-h] [--model NAME]"),
     ("params -h", 0, "python -m subspace_tuning.params --model roberta-large --format json"),
-    ("export --help", 0, "usage: python -m subspace_tuning.export [-h] [--out DIR] RUN_FOLDER"),
+    ("export --help", 0, "usage: python -m subspace_tuning.export [-h] [--format {merged,peft}]"),
     ("export -h", 0, "python -m subspace_tuning.export <run folder> --out exported/mrpc-dora"),
     ("report --help", 0, "python -m subspace_tuning.report outputs/table2_roberta_base"),
     ("report -h", 0, "--stat {mean,median}"),
@@ -47,6 +47,8 @@ CASES = [
     ("params --model nope", 1, "error: unknown model 'nope'; choose one of: deberta-v3-base"),
     ("bench --quick --model ../model/tiny-roberta", 1, "error: model '../model/tiny-roberta' is not a model name"),
     # the script that is not part of the package follows the same convention
+    ("analyze --help", 0, "usage: python -m subspace_tuning.analyze [-h]"),
+    ("analyze /nonexistent/run", 2, "error: /nonexistent/run is not a folder; give a run folder or a sweep"),
     ("scripts/profile_svd.py --help", 0, "python scripts/profile_svd.py --model roberta-base --threads 1"),
     ("scripts/profile_svd.py --batch 0", 2, "error: argument --batch: invalid positive_int value: '0'; usage:"),
     ("scripts/profile_svd.py --model ../model/tiny-roberta", 1, "is not a model name"),
@@ -59,7 +61,7 @@ CASES = [
 
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("train", "params", "export", "report", "bench", "predict")  # each a console script subspace-tuning-<tool>
+TOOLS = ("train", "params", "export", "report", "bench", "predict", "analyze")  # each a console script subspace-tuning-<tool>
 
 
 def _run(args: str) -> subprocess.CompletedProcess:

@@ -50,6 +50,7 @@ def test_a_three_trial_study_writes_three_runs_and_a_relaunch_continues_it(tmp_p
         (record,) = [r for r in runs.values() if r["variant"]["optim.lr"] == repr(trial.params["optim.lr"])]
         assert record["variant"]["method.alpha"] == repr(trial.params["method.alpha"])
         assert trial.value == record["best"]["scores"][record["metric"]]
+        assert "hparams_search" not in record["variant"]  # the search names the first folder level, not a variant
     assert (tmp_path / "search_lora_lr_alpha" / "optimization_results.yaml").is_file()
 
     search(tmp_path, "hydra.sweeper.n_trials=2")  # the same command again: the same study, two more trials
