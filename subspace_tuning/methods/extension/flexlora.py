@@ -275,7 +275,11 @@ class FlexLoRA(AdaLoRA):
         for name, module in self.adalora_modules(model).items():
             module.rank_mask.copy_(state["rank_masks"][name])
         self.importance, self.moves = dict(state["importance"]), int(state["moves"])
-        self.generator.set_state(state["generator"])
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+        else:  # a checkpoint written before the generator was saved: the run goes on, its later growth draws differ
+            log.warning("flexlora: the checkpoint has no growth generator state (written by an older version); "
+                        "directions grown from here on differ from an uninterrupted run's")
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         ranks = {name: int(m.rank_mask.sum()) for name, m in self.adalora_modules(model).items()}
