@@ -346,6 +346,7 @@ class Recipe:
         self.raw_model = self.accelerator.unwrap_model(self.model)
         if train_setting(cfg, "compile", False):
             self.model = compile_model(self.model, self.accelerator.device)  # raw_model stays the plain module
+            self.run.update(compiled=self.model is not self.raw_model)  # False where it fell back to eager
         self.checkpoint_path = self.folder / CHECKPOINT
 
     # --- resume -----------------------------------------------------------------------------------

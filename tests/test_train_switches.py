@@ -88,7 +88,7 @@ def test_a_checkpointed_run_trains_as_a_plain_one(tmp_path):
     # the same numbers, so the same run: cosmetic for the fingerprint and the folder
     assert config_fingerprint(compose(QUICK + ["train.gradient_checkpointing=true"])) == config_fingerprint(
         compose(QUICK))
-    assert variant(["train.gradient_checkpointing=true", "train.compile=true"]) == {}
+    assert variant(["train.gradient_checkpointing=true"]) == {}
 
 
 # --- early stopping -----------------------------------------------------------------------------------------------
@@ -148,6 +148,7 @@ def test_compiled_run_trains_as_a_plain_one(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", eager_compile)
     with_compile = trained_with(tmp_path, "compiled", ["train.compile=true"])
     assert compiled[-1] == "RobertaForSequenceClassification"  # the model itself (after the probe's function)
+    assert with_compile[0]["compiled"] is True and "compiled" not in plain[0]
     assert_same_training(plain, with_compile)
 
 
@@ -164,11 +165,21 @@ def test_compile_where_unsupported_trains_without_it_and_says_why(tmp_path, monk
         fallback = trained_with(tmp_path, "fallback", ["train.compile=true"])
     assert ("train.compile=true, but torch.compile does not work on this machine (InvalidCxxCompiler: No working C++ "
             "compiler found); training without it") in caplog.text
+    assert fallback[0]["compiled"] is False  # recorded: the configuration asked for it
     assert_same_training(plain, fallback)
+
+
+def test_compile_is_part_of_a_runs_identity():
+    assert config_fingerprint(compose(QUICK + ["train.compile=true"])) != config_fingerprint(compose(QUICK))
+    assert variant(["train.compile=true"]) == {"train.compile": "true"}
 
 
 @pytest.mark.slow
 def test_compile_with_inductor(tmp_path):
-    plain = trained_with(tmp_path, "plain", [])
-    compiled = trained_with(tmp_path, "compiled", ["train.compile=true"])
+    # dropout off: inductor's dropout draws other masks than eager's (why train.compile is part of a run's identity)
+    no_dropout = ["++model.arch.hidden_dropout_prob=0", "++model.arch.attention_probs_dropout_prob=0",
+                  "model.classifier_dropout=0"]
+    plain = trained_with(tmp_path, "plain", no_dropout)
+    compiled = trained_with(tmp_path, "compiled", [*no_dropout, "train.compile=true"])
+    assert compiled[0]["compiled"] is True
     assert_same_training(plain, compiled, tolerance=1e-4)
