@@ -110,6 +110,8 @@ def test_both_sides_get_the_same_settings_rows_and_order(tmp_path):
     (["--data-dir", "/nonexistent/glue"], "/nonexistent/glue"),
     (["--model", "../x"], "../x"),
     (["--pairs", "1", "--pairs", "2"], "given twice"),
+    (["--tasks", "mnli"], "evaluation splits"),
+    (["--seq-len", "100000"], "data.max_length=100000"),
 ])
 def test_bad_options_are_one_line_and_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

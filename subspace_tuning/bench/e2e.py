@@ -180,12 +180,16 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
     from ..config import compose
     from ..data import data_source, read_examples
     from ..errors import ConfigError
+    from ..validate import validate_settings
 
     jobs, train_rows = [], {}
     for task in names(args.tasks):
         for method in names(args.methods):
             overrides = ours_overrides(args, task, method)
-            cfg = compose(overrides)
+            cfg = validate_settings(compose(overrides))  # a setting our run would refuse stops here, not mid-way
+            if len(cfg.task.splits) != 2:  # the peer's Trainer evaluates one dataset
+                raise ConfigError(f"task {task} has {len(cfg.task.splits) - 1} evaluation splits; the end-to-end "
+                                  "benchmark compares tasks with one dev split (MNLI's two are not supported)")
             if data_source(cfg.task) == "hub":  # the Hub is not the same data twice, nor reachable offline
                 raise ConfigError(f"task {task} reads GLUE TSVs: give --data-dir (a folder with "
                                   f"{cfg.task.tsv.dir}/train.tsv, e.g. ../shared/glue) or set GLUE_DIR")
