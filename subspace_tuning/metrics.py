@@ -79,21 +79,6 @@ def prediction_summary(predictions: np.ndarray, labels: np.ndarray, regression: 
             "majority_share": float(counts[top]) / len(predictions)}
 
 
-class Score(float):
-    """A score that carries the summary of the predictions it was computed from (``prediction_summary``), so that
-    the summary travels with the score from ``train.evaluate`` to ``Run.log_eval``; ``float(score)`` drops it."""
-
-    predictions: dict[str, Any]
-
-    def __new__(cls, value: float, predictions: dict[str, Any] | None = None) -> Score:
-        score = super().__new__(cls, value)
-        score.predictions = predictions or {}
-        return score
-
-    def __reduce__(self) -> tuple[Any, ...]:  # copies and pickles keep the summary
-        return type(self), (float(self), self.predictions)
-
-
 def degenerate_text(summary: dict[str, Any]) -> str:
     """One phrase for logs and reports: what made a ``prediction_summary`` degenerate."""
     if "majority_class" in summary:

@@ -80,22 +80,21 @@ class Run:
         if self.is_main:
             atomic_write_json(self.folder / "metrics.json", self.metrics)
 
-    def log_eval(self, record: dict[str, Any]) -> None:
-        """Record one evaluation. Its headline score's predictions decide ``record["degenerate"]`` (every dev
-        prediction one class, or constant: issue 17 part 7), kept with ``record["predictions"]`` (the majority
-        class and its share, or the predictions' std); ``metrics["degenerate"]`` says it of the best and the last
-        evaluation, and a degenerate evaluation logs a warning."""
+    def log_eval(self, record: dict[str, Any], predictions: dict[str, Any] | None = None) -> None:
+        """Record one evaluation. ``predictions`` (``metrics.prediction_summary`` of the headline score's split)
+        decides ``record["degenerate"]`` (every dev prediction one class, or constant: issue 17 part 7), kept with
+        ``record["predictions"]`` (the majority class and its share, or the predictions' std); ``metrics["degenerate"]``
+        says it of the best and the last evaluation, and a degenerate evaluation logs a warning."""
         headline = self.metrics["metric"]
-        summary = getattr(record["scores"].get(headline), "predictions", None)
         record["scores"] = {name: float(value) for name, value in record["scores"].items()}  # plain JSON numbers
-        if summary:
-            record.update(degenerate=summary["degenerate"],
-                          predictions={k: v for k, v in summary.items() if k != "degenerate"})
-            if summary["degenerate"]:
+        if predictions:
+            record.update(degenerate=predictions["degenerate"],
+                          predictions={k: v for k, v in predictions.items() if k != "degenerate"})
+            if predictions["degenerate"]:
                 from .metrics import degenerate_text
 
                 log.warning("DEGENERATE at step %s (epoch %s): %s", record["step"], record["epoch"],
-                            degenerate_text(summary))
+                            degenerate_text(predictions))
         self.metrics["history"].append(record)
         best = self.metrics["best"]
         if best is None or record["scores"][headline] > best["scores"][headline]:
@@ -136,10 +135,11 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, head_names: set[str]) -> 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, metric_names: list[str], accelerator: Any) -> dict[str, float]:
-    """The scores of ``loader``'s split; each is a ``metrics.Score`` that carries whether the predictions were
-    degenerate (one class, or constant), which ``Run.log_eval`` records with the evaluation."""
-    from .metrics import Score, compute_metrics, prediction_summary, predictions_from_logits
+def evaluate(model: nn.Module, loader: DataLoader, metric_names: list[str],
+             accelerator: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """The scores of ``loader``'s split, and the summary of its predictions (``metrics.prediction_summary``: whether
+    they were degenerate, one class or constant)."""
+    from .metrics import compute_metrics, prediction_summary, predictions_from_logits
 
     model.eval()
     logits, labels = [], []
@@ -152,8 +152,13 @@ def evaluate(model: nn.Module, loader: DataLoader, metric_names: list[str], acce
     all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
     predictions = predictions_from_logits(all_logits)
     summary = prediction_summary(predictions, all_labels, regression=all_logits.shape[-1] == 1)
-    return {name: Score(value, summary) for name, value in compute_metrics(metric_names, predictions,
-                                                                          all_labels).items()}
+    return compute_metrics(metric_names, predictions, all_labels), summary
+
+
+def degenerate_note(metrics: dict[str, Any]) -> str:
+    """' (DEGENERATE best/last: ...)' for a run whose best or last evaluation predicted one class or a constant."""
+    which = [name for name, flag in (metrics.get("degenerate") or {}).items() if flag]
+    return f" (DEGENERATE {'/'.join(which)}: one class or a constant on dev, not a learned result)" if which else ""
 
 
 def score_names(split: str, first: bool, metrics: list[str]) -> list[str]:
@@ -501,9 +506,11 @@ class Recipe:
         check_finite_parameters(self.raw_model, step)
         metric_names = list(self.cfg.task.metrics)
         scores: dict[str, float] = {}
+        summaries = []
         for i, (split, loader) in enumerate(self.eval_loaders.items()):
-            split_scores = evaluate(self.model, loader, metric_names, self.accelerator)
+            split_scores, summary = evaluate(self.model, loader, metric_names, self.accelerator)
             scores.update(zip(score_names(split, i == 0, metric_names), split_scores.values(), strict=True))
+            summaries.append(summary)
         bad = [name for name, value in scores.items() if not math.isfinite(value)]
         if bad:
             raise TrainingDiverged(f"the evaluation score {bad[0]} is {scores[bad[0]]} at step {step}; the model "
@@ -511,7 +518,7 @@ class Recipe:
         record = {"epoch": round(step / self.steps_per_epoch, 4), "step": step, "train_loss": train_loss,
                   "regularizers": regularizers, "lr": self.current_lr(), "scores": scores,
                   "elapsed_s": round(self.progress.train_time, 2)}
-        self.run.log_eval(record)
+        self.run.log_eval(record, predictions=summaries[0])  # the headline's split
         self.track({f"eval/{name}": float(value) for name, value in scores.items()})
         tqdm.write(f"eval epoch {record['epoch']:.2f} step {step}: "
                    + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
@@ -547,9 +554,9 @@ class Recipe:
                     "final/best_step": float(run.metrics["best"]["step"]),
                     "final/train_steps_per_s": float(run.metrics["train_steps_per_s"]),
                     **({"final/total_rank": total_rank} if total_rank is not None else {})})
-        log.info("done: best %s %.4f (epoch %s), last %.4f; results in %s", headline,
+        log.info("done: best %s %.4f (epoch %s), last %.4f%s; results in %s", headline,
                  run.metrics["best"]["scores"][headline], run.metrics["best"]["epoch"],
-                 run.metrics["last"]["scores"][headline], self.folder)
+                 run.metrics["last"]["scores"][headline], degenerate_note(run.metrics), self.folder)
         return run.metrics
 
     # --- all phases, with the failure record ------------------------------------------------------
@@ -642,7 +649,7 @@ def _hydra_task(cfg: DictConfig) -> float | None:
         sys.exit(2)
     headline = metrics["metric"]
     print(f"{cfg.task.name} {headline}: best {metrics['best']['scores'][headline]:.4f}, "
-          f"last {metrics['last']['scores'][headline]:.4f} -> {folder / 'metrics.json'}")
+          f"last {metrics['last']['scores'][headline]:.4f}{degenerate_note(metrics)} -> {folder / 'metrics.json'}")
     return metrics["best"]["scores"][headline]
 
 

@@ -219,6 +219,7 @@ RULES: tuple[tuple[str, Check, bool], ...] = (
     ("train.early_stopping_patience",
      integer(1, nullable=True, note=" (evaluations without a new best; null = off)"), False),
     ("train.compile", boolean, False),
+    ("method.dropout", number(0, low_open=False, high=1, note=" (dropout on the adapter's input)"), False),
     ("data.max_train_samples", integer(1, nullable=True), True),
     ("data.max_eval_samples", integer(1, nullable=True), True),
 )
@@ -263,6 +264,21 @@ def _check_max_length(cfg: DictConfig, value: Any) -> Verdict:
     return length, why
 
 
+def _check_alpha(cfg: DictConfig, value: Any) -> Verdict:
+    """``method.alpha`` (s = alpha / r): a positive number; null only where the method's own YAML defaults to null
+    (PiSSA and MiLoRA: alpha = r)."""
+    if value is None:
+        from .methods.defaults import method_defaults
+
+        try:
+            nullable = method_defaults(str(cfg.method.name)).get("alpha", 0) is None
+        except ConfigError:
+            nullable = False  # an unknown method is reported with the choices when it is built
+        if nullable:
+            return None, None
+    return number(0, low_open=True, note=" (the update's scale is alpha / r)")(value)
+
+
 # --- the entry point ------------------------------------------------------------------------------------
 def _read(cfg: DictConfig, key: str) -> tuple[Any, str | None]:
     """The resolved value at ``key`` (``_ABSENT`` if not there), or why it could not be read."""
@@ -305,7 +321,8 @@ def validate_settings(cfg: DictConfig) -> DictConfig:
     length_key = "data.max_length"
     if OmegaConf.select(cfg, length_key, default=_ABSENT, throw_on_resolution_failure=False) is _ABSENT:
         length_key = "task.max_length"
-    rules = [*RULES, (length_key, lambda value: _check_max_length(cfg, value), True)]
+    rules = [*RULES, (length_key, lambda value: _check_max_length(cfg, value), True),
+             ("method.alpha", lambda value: _check_alpha(cfg, value), False)]
     for key, check, required in rules:
         problem, read = _judge(cfg, key, check, required)
         if problem:

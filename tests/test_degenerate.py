@@ -12,7 +12,7 @@ import pytest
 from conftest import run_in_process
 
 from subspace_tuning import metrics
-from subspace_tuning.metrics import Score, degenerate_text, prediction_summary
+from subspace_tuning.metrics import degenerate_text, prediction_summary
 
 LABELS = np.array([0, 1, 1, 0, 1, 0, 0, 0])
 
@@ -40,23 +40,11 @@ def test_regression_is_degenerate_when_constant_to_a_thousandth_of_the_label_spr
     assert "constant" in degenerate_text({"prediction_std": 0.0})
 
 
-def test_score_carries_its_summary_through_copies_and_json():
-    import copy
-    import pickle
-
-    score = Score(0.6875, {"degenerate": True, "majority_class": 0, "majority_share": 1.0})
-    assert score == 0.6875 and f"{score:.2f}" == "0.69"
-    for copied in (copy.deepcopy(score), pickle.loads(pickle.dumps(score))):
-        assert copied.predictions["degenerate"] is True
-    assert json.loads(json.dumps({"accuracy": score})) == {"accuracy": 0.6875}
-    assert type(float(score)) is float
-
-
 # --- a run: evaluate -> Recipe.evaluate -> Run.log_eval -> metrics.json, train_log.jsonl and the log -----------
 def test_a_run_predicting_one_class_is_flagged(tmp_path: Path, monkeypatch, caplog):
     real = metrics.predictions_from_logits
     monkeypatch.setattr(metrics, "predictions_from_logits", lambda logits: np.zeros_like(real(logits)))
-    with caplog.at_level(logging.WARNING, logger="subspace_tuning"):
+    with caplog.at_level(logging.INFO, logger="subspace_tuning"):
         result = run_in_process(tmp_path, ["method=lora", "train.max_steps=4", "train.eval_steps=2"])
     assert result["status"] == "completed"
     assert result["degenerate"] == {"best": True, "last": True}
@@ -68,8 +56,10 @@ def test_a_run_predicting_one_class_is_flagged(tmp_path: Path, monkeypatch, capl
     assert on_disk["last"]["predictions"]["majority_class"] == 0
     log_lines = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [line["degenerate"] for line in log_lines] == [True, True]
-    warnings = [r.getMessage() for r in caplog.records if "DEGENERATE" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "DEGENERATE at step" in r.getMessage()]
     assert len(warnings) == 2 and "every dev prediction is class 0" in warnings[-1]
+    (done,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done:")]
+    assert "(DEGENERATE best/last: one class or a constant on dev" in done
 
 
 def test_a_run_with_mixed_predictions_is_not_flagged(tmp_path: Path, monkeypatch):
@@ -82,4 +72,4 @@ def test_a_run_with_mixed_predictions_is_not_flagged(tmp_path: Path, monkeypatch
     last = result["last"]
     assert last["degenerate"] is False and result["degenerate"] == {"best": False, "last": False}
     assert last["predictions"] == {"majority_class": 1, "majority_share": 0.75}
-    assert all(type(value) is float for value in last["scores"].values())  # no Score left in the record
+    assert all(type(value) is float for value in last["scores"].values())

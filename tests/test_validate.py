@@ -85,6 +85,12 @@ REFUSED = [
     (["method.name=lora/x"], "method.name='lora/x' is not allowed"),
     (["mpc.name=."], "mpc.name='.' is not allowed"),
     (["optim.lr=${task.nope}"], "optim.lr could not be resolved"),
+    (["method.alpha=abc"], "method.alpha='abc' is not allowed: it must be a finite number > 0 (the update's scale"),
+    (["method.alpha=0"], "method.alpha=0 is not allowed"),
+    (["method.alpha=null"], "method.alpha=null is not allowed"),  # LoRA's YAML gives a number: null means nothing
+    (["method=dora", "method.alpha=-16"], "method.alpha=-16 is not allowed"),
+    (["method.dropout=2.0"], "method.dropout=2.0 is not allowed: it must be a number in [0, 1) (dropout on the"),
+    (["method=vera", "method.dropout=1"], "method.dropout=1 is not allowed"),
 ]
 
 PASSES = [
@@ -105,6 +111,9 @@ PASSES = [
             "train.early_stopping_patience=3", "train.grad_accum_steps='2'"],
     FAST + ["train.eval_steps=0.25", "model.classifier_dropout=0.1"],  # eval_steps < 1: a fraction of the run
     FAST + ["train.eval_steps=50", "model.classifier_dropout=null", "protocol=simple"],
+    FAST + ["method=pissa", "method.alpha=null", "method.dropout=0.1"],  # PiSSA's YAML: null = alpha is r
+    FAST + ["method=adalora", "method.alpha='32'", "method.dropout=0"],
+    FAST + ["method=ia3"],  # no alpha, no dropout
 ]
 
 
