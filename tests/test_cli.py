@@ -61,7 +61,8 @@ CASES = [
 
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("train", "params", "export", "report", "bench", "predict", "analyze")  # each a console script subspace-tuning-<tool>
+# each a console script subspace-tuning-<tool>
+TOOLS = ("train", "params", "export", "report", "bench", "predict", "analyze")
 
 
 def _run(args: str) -> subprocess.CompletedProcess:
