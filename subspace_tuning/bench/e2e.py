@@ -262,9 +262,11 @@ def run_ours(job: Job, folder: Path, cache: Path, pair: int, order: int, timeout
     if proc.returncode != 0 or metrics.get("status") != "completed":
         return {**result, "error": f"exit {proc.returncode}: {log_tail(proc.log)}"}
     lines = (found[0].parent / "train.log").read_text().splitlines()
-    data_ready = log_time(next(line for line in lines if DATA_READY in line))
-    setup_done = log_time(next(line for line in lines if SETUP_DONE in line))
-    run_done = log_time(next(line for line in lines if RUN_DONE in line))
+    marks = {key: next((line for line in lines if key in line), None) for key in (DATA_READY, SETUP_DONE, RUN_DONE)}
+    missing = [key for key, line in marks.items() if line is None]
+    if missing:  # the runner's log lines are the only time stamps it leaves: say so if they change
+        return {**result, "error": f"train.log has no line with {missing[0]!r}; update e2e.py's log markers"}
+    data_ready, setup_done, run_done = (log_time(line) for line in marks.values())
     train = float(metrics["train_time_s"])
     headline = metrics["metric"]
     return {**result, "startup_s": round(setup_done - proc.start, 3), "data_ready_s": round(data_ready - proc.start, 3),
