@@ -98,7 +98,7 @@ def scripted_scores(monkeypatch, accuracies: list[float]) -> None:
 
     def evaluate(model, loader, metric_names, accelerator):
         value = next(scores)
-        return {name: value for name in metric_names}
+        return {name: value for name in metric_names}, {"degenerate": False, "majority_class": 1, "majority_share": 0.5}
 
     monkeypatch.setattr("subspace_tuning.train.evaluate", evaluate)
 
