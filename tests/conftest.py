@@ -105,6 +105,25 @@ def run_in_process(tmp_path: Path, overrides: list[str]) -> dict:
     return train(cfg, tmp_path / "run")
 
 
+def kill_after_step(method_name: str, step: int, launch: Callable[[], object]) -> None:
+    """Run ``launch`` (a training run of ``method_name``) and kill it, as Ctrl-C would, right after optimizer step
+    ``step``: the run records ``failed`` and leaves its last epoch checkpoint for a relaunch to resume."""
+    from subspace_tuning.methods import method_class
+
+    cls = method_class(method_name)
+    original = cls.after_optimizer_step
+
+    def killed(self, model, at_step, total_steps):
+        original(self, model, at_step, total_steps)
+        if at_step == step:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cls, "after_optimizer_step", killed)
+        with pytest.raises(KeyboardInterrupt):
+            launch()
+
+
 def train_py(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python train.py <args>`` in a subprocess, as a user runs it."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}

@@ -252,33 +252,22 @@ def test_b_larger_than_the_number_of_modules_is_refused():
 
 
 @pytest.mark.parametrize("tfinal, kill", [(1, 6), (0.5, 10)], ids=["in-the-window", "after-the-window"])
-def test_killed_run_resumes_to_the_same_allocation(tmp_path, monkeypatch, tfinal, kill):
+def test_killed_run_resumes_to_the_same_allocation(tmp_path, tfinal, kill):
     """Three epochs of 4 steps, allocations from the second step on; killed mid-way through an allocation window
     (at step 6, resumed from step 4's checkpoint, where the growth generator's state matters) or after it (T - tfinal
     = 6: killed at step 10, resumed from step 8's, when the ranks are fixed). The record, the ranks and the trained
     tensors equal an uninterrupted run's."""
-    from conftest import run_in_process
+    from conftest import kill_after_step, run_in_process
 
-    from subspace_tuning.methods.extension.flexlora import FlexLoRA
     from subspace_tuning.train import CHECKPOINT
 
     overrides = [*SHORT, "method=flexlora", "rank=4", "method.tinit=1", f"method.tfinal={tfinal}", "method.deltaT=1",
                  "method.b=2"]
     uninterrupted = run_in_process(tmp_path / "a", overrides)
-    original = FlexLoRA.after_optimizer_step
-
-    def killed(self, model, step, total_steps):
-        original(self, model, step, total_steps)
-        if step == kill:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(FlexLoRA, "after_optimizer_step", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_in_process(tmp_path / "b", overrides)
+    kill_after_step("flexlora", kill, lambda: run_in_process(tmp_path / "b", overrides))
     folder = tmp_path / "b" / "run"
     assert json.loads((folder / "metrics.json").read_text())["status"] == "failed"
     assert (folder / CHECKPOINT).is_file()
-    monkeypatch.undo()
 
     resumed = run_in_process(tmp_path / "b", overrides)
     assert resumed["status"] == "completed"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import QUICK, run_in_process, tiny_batch, tiny_model
+from conftest import QUICK, kill_after_step, run_in_process, tiny_batch, tiny_model
 from omegaconf import open_dict
 from safetensors.torch import load_file
 
@@ -86,23 +86,13 @@ def test_training_step_takes_micro_batches():
     assert max(float((state_a[k].double() - state_b[k].double()).abs().max()) for k in state_a) < TOLERANCE
 
 
-def test_resumed_accumulated_run_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
+def test_resumed_accumulated_run_ends_where_an_uninterrupted_one_does(tmp_path):
     overrides = ["method=lora", "train.batch_size=8", "train.grad_accum_steps=2"]
     uninterrupted = run(tmp_path, "a", overrides)
-    method_class = type(build_method("lora", {}, 8))
-    original = method_class.after_optimizer_step
-
-    def killed_at_step_6(self, model, step, total_steps):
-        original(self, model, step, total_steps)
-        if step == 6:  # in the second epoch: its checkpoint is the first's, at optimizer step 4
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(method_class, "after_optimizer_step", killed_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "b", overrides)
+    # killed in the second epoch: its checkpoint is the first's, at optimizer step 4
+    kill_after_step("lora", 6, lambda: run(tmp_path, "b", overrides))
     checkpoint = torch.load(tmp_path / "b" / "run" / CHECKPOINT, weights_only=True)
     assert checkpoint["progress"]["step"] == 4 and checkpoint["progress"]["epoch"] == 1
-    monkeypatch.undo()
     resumed = run(tmp_path, "b", overrides)
     assert largest_differences(uninterrupted, resumed) == (0.0, 0.0)
     assert json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())["steps"] == 8

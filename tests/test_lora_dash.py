@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_in_process, tiny_batch, tiny_model
+from conftest import kill_after_step, run_in_process, tiny_batch, tiny_model
 from method_properties import adapt, logits
 from torch import nn
 
@@ -194,29 +194,18 @@ def comparable(metrics: dict) -> list:
 
 
 @pytest.mark.parametrize("t", [2, 5], ids=["killed-after-launch", "killed-before-launch"])
-def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch, t):
+def test_killed_run_resumes_to_the_same_result(tmp_path, t):
     """Three epochs of 4 steps, killed at step 6, resumed from the checkpoint of step 4: launched at step 2, the
     checkpoint holds the chosen directions and the phase; launched at step 5, it holds neither and the resumed run
     launches itself. Either way the record and the trained tensors equal an uninterrupted run's."""
     overrides = [*SHORT, f"method.prelaunch_steps={t}"]
     uninterrupted = run_in_process(tmp_path / "a", overrides)
     assert uninterrupted["method_summary"]["launched_at"] == t
-    method_class = type(build_method("lora_dash", {}, 4))
-    original = method_class.after_optimizer_step
-
-    def killed_at_step_6(self, model, step, total_steps):
-        original(self, model, step, total_steps)
-        if step == 6:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(method_class, "after_optimizer_step", killed_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        run_in_process(tmp_path / "b", overrides)
+    kill_after_step("lora_dash", 6, lambda: run_in_process(tmp_path / "b", overrides))
     folder = tmp_path / "b" / "run"
     assert (folder / CHECKPOINT).is_file()
     checkpoint = torch.load(folder / CHECKPOINT, weights_only=True)
     assert checkpoint["method"]["launched_at"] == (t if t <= 4 else None)
-    monkeypatch.undo()
 
     resumed = run_in_process(tmp_path / "b", overrides)
     assert resumed["status"] == "completed"

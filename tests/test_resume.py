@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import QUICK, run_in_process, train_py
+from conftest import QUICK, kill_after_step, run_in_process, train_py
 
 from subspace_tuning.config import compose
 from subspace_tuning.errors import ConfigError
-from subspace_tuning.methods import build_method
 from subspace_tuning.train import CHECKPOINT, train_or_skip
 
 SHORT = ["optim.lr=1e-2", "data.max_train_samples=64", "train.batch_size=16", "train.epochs=3"]
@@ -20,25 +19,15 @@ def comparable(metrics: dict) -> list:
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora"])  # AdaLoRA: the allocator state must survive too
-def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch, method):
+def test_killed_run_resumes_to_the_same_result(tmp_path, method):
     allocate_every_step = ["method.tinit=2", "method.tfinal=2", "method.deltaT=1"] if method == "adalora" else []
     overrides = [*SHORT, f"method={method}", *allocate_every_step]
     uninterrupted = run_in_process(tmp_path / "a", overrides)
-    method_class = type(build_method(method, {}, 8))
-    original = method_class.after_optimizer_step
-
-    def killed_at_step_6(self, model, step, total_steps):
-        original(self, model, step, total_steps)
-        if step == 6:  # mid-way through the second of three epochs (4 steps each)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(method_class, "after_optimizer_step", killed_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        run_in_process(tmp_path / "b", overrides)
+    # killed mid-way through the second of three epochs (4 steps each)
+    kill_after_step(method, 6, lambda: run_in_process(tmp_path / "b", overrides))
     folder = tmp_path / "b" / "run"
     assert json.loads((folder / "metrics.json").read_text())["status"] == "failed"
     assert (folder / CHECKPOINT).is_file()
-    monkeypatch.undo()
 
     resumed = run_in_process(tmp_path / "b", overrides)
     assert resumed["status"] == "completed"
