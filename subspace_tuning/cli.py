@@ -95,6 +95,19 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(f"{message}; {one_line(self.format_usage())}; see {self.prog} --help")
 
 
+def parse_with_presets(parser: ArgumentParser, argv: Sequence[str] | None, quick: dict[str, Any],
+                       defaults: dict[str, Any]) -> argparse.Namespace:
+    """Add ``--json`` and ``--quick`` and parse: options left unset take ``quick``'s values (the tests' tiny
+    settings) with ``--quick``, else ``defaults``'. The benchmarks' command lines end here."""
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--quick", action="store_true", help="tiny settings for tests: " + str(quick))
+    args = parser.parse_args(argv)
+    for key, value in (quick if args.quick else defaults).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
 def named_model_yaml(name: str) -> DictConfig:
     """``conf/model/<name>.yaml`` for a model *name*; a path or a file name is refused, so a tool only ever
     builds the models the project configures."""

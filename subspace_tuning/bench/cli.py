@@ -17,7 +17,7 @@ DEFAULTS = {"model": "roberta-base", "batch": 8, "seq_len": 128, "repeats": 7, "
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, defaults filled in (``--quick``: ``QUICK``); a bad one exits 2 with one 'error:' line."""
     from .. import bench
-    from ..cli import ArgumentParser, non_negative_int, positive_int
+    from ..cli import ArgumentParser, non_negative_int, parse_with_presets, positive_int
 
     parser = ArgumentParser("python -m subspace_tuning.bench", bench.__doc__)
     parser.add_argument("--model", default=None,
@@ -37,13 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-eval", action="store_true", help="train step and memory only (no eval throughput)")
     parser.add_argument("--svd-model", default=None,
                         help="also time the SVD-based methods' set-up on this model's dimensions (e.g. roberta-large)")
-    parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--quick", action="store_true", help="tiny settings for tests: " + str(QUICK))
-    args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return parse_with_presets(parser, argv, QUICK, DEFAULTS)
 
 
 def check_device(spec: str | None) -> None:

@@ -46,7 +46,7 @@ DATA_READY, SETUP_DONE, RUN_DONE = "data: {", "trainable parameters:", "done: be
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, defaults filled in (``--quick``: ``QUICK``); a bad one exits 2 with one 'error:' paragraph."""
-    from ..cli import ArgumentParser, positive_int
+    from ..cli import ArgumentParser, parse_with_presets, positive_int
 
     parser = ArgumentParser("python -m subspace_tuning.bench.e2e", __doc__)
     parser.add_argument("--model", default=None, help="a model of conf/model/ (default minilm)")
@@ -69,13 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--run-timeout", type=positive_int, default=3600, help="seconds before a run is killed")
     parser.add_argument("--work-dir", default=None, help="keep every run's folder and log here (default: a "
                         "temporary folder, removed at the end)")
-    parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--quick", action="store_true", help="tiny settings for tests: " + str(QUICK))
-    args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return parse_with_presets(parser, argv, QUICK, DEFAULTS)
 
 
 # --- jobs ----------------------------------------------------------------------------------------
