@@ -240,6 +240,7 @@ class Progress:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     train_time: float = 0.0  # seconds spent in training steps (not evaluation)
+    eval_time: float = 0.0  # seconds spent evaluating
 
 
 @dataclass
@@ -502,7 +503,7 @@ class Recipe:
     # --- evaluate ---------------------------------------------------------------------------------
     def evaluate(self, train_loss: float, regularizers: dict[str, float]) -> None:
         """Score every evaluation split and record it (a non-finite model or score fails the run)."""
-        step = self.progress.step
+        step, started = self.progress.step, time.perf_counter()
         check_finite_parameters(self.raw_model, step)
         metric_names = list(self.cfg.task.metrics)
         scores: dict[str, float] = {}
@@ -518,6 +519,7 @@ class Recipe:
         record = {"epoch": round(step / self.steps_per_epoch, 4), "step": step, "train_loss": train_loss,
                   "regularizers": regularizers, "lr": self.current_lr(), "scores": scores,
                   "elapsed_s": round(self.progress.train_time, 2)}
+        self.progress.eval_time += time.perf_counter() - started
         self.run.log_eval(record, predictions=summaries[0])  # the headline's split
         self.track({f"eval/{name}": float(value) for name, value in scores.items()})
         tqdm.write(f"eval epoch {record['epoch']:.2f} step {step}: "
@@ -542,7 +544,8 @@ class Recipe:
             save_tensors(self.folder / "trained.safetensors", self.method.state_dict(self.raw_model),
                          metadata={"method": self.cfg.method.name, "rank": str(self.method.rank)})
         run.update(status="completed", steps=progress.step, wall_time_s=round(wall_time_s, 2),
-                   train_time_s=round(progress.train_time, 2),
+                   setup_time_s=round(self.setup_time, 2), train_time_s=round(progress.train_time, 2),
+                   eval_time_s=round(progress.eval_time, 2),
                    train_steps_per_s=round(progress.step / max(progress.train_time, 1e-9), 4),
                    memory=peak_memory_mb(self.accelerator.device), method_summary=self.method.summary(self.raw_model))
         if main:
@@ -565,6 +568,8 @@ class Recipe:
         try:
             self.setup()
             self.resume()
+            # model, data and optimizer ready (this launch's; imports before it are the process's)
+            self.setup_time = time.perf_counter() - start
             self.train()
             return self.finish(time.perf_counter() - start)
         except BaseException as err:  # whatever stops the run, metrics.json says so (Ctrl-C included)

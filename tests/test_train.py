@@ -31,6 +31,9 @@ def test_run_folder_is_complete(tmp_path):
     for key in ("best", "last", "parameters", "wall_time_s", "train_steps_per_s", "memory", "versions", "git_commit"):
         assert key in on_disk, key
     assert on_disk["parameters"]["per_mille"] > 0
+    # where the wall time went: set-up, training, evaluation, each part of the whole
+    times = [on_disk[key] for key in ("setup_time_s", "train_time_s", "eval_time_s")]
+    assert all(t > 0 for t in times) and sum(times) <= on_disk["wall_time_s"] + 0.05
     assert len((folder / "train_log.jsonl").read_text().splitlines()) == 2
     assert "name: lora" in (folder / "config.yaml").read_text()
     assert (folder / "trained.safetensors").stat().st_size > 0
