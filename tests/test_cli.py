@@ -24,6 +24,7 @@ CASES = [
     ("report --help", 0, "python -m subspace_tuning.report outputs/table2_roberta_base"),
     ("report -h", 0, "--stat {mean,median}"),
     ("bench --help", 0, "python -m subspace_tuning.bench --methods lora,dora"),
+    ("study --help", 0, "python -m subspace_tuning.study outputs/cpu_study --out docs/cpu_study"),
     # unknown or missing arguments: exit 2, the argument named, the accepted ones listed
     ("params --bogus", 2, "error: unrecognized arguments: --bogus; usage: python -m subspace_tuning.params [-h]"),
     ("params model=roberta-base", 2, "error: unrecognized arguments: model=roberta-base; usage:"),  # the old form
@@ -55,6 +56,7 @@ CASES = [
     # errors after parsing: still one paragraph
     ("export no/such/run", 2, "error: no/such/run is not a finished run folder: config.yaml is missing"),
     ("report no/such/sweep", 2, "error: no such folder: no/such/sweep"),
+    ("study no/such/sweep", 2, "error: no such folder: no/such/sweep"),
     # and a command that works
     ("params --model tiny-roberta", 0, "lora                 8"),
 ]
@@ -62,7 +64,7 @@ CASES = [
 
 ROOT = Path(__file__).resolve().parents[1]
 # each a console script subspace-tuning-<tool>
-TOOLS = ("train", "params", "export", "report", "bench", "predict", "analyze")
+TOOLS = ("train", "params", "export", "report", "bench", "predict", "analyze", "study")
 
 
 def _run(args: str) -> subprocess.CompletedProcess:
