@@ -93,6 +93,8 @@ def wilcoxon_p(differences: list[float]) -> tuple[float | None, str]:
     with warnings.catch_warnings():  # scipy warns for small samples; the note below says it instead
         warnings.simplefilter("ignore")
         p = float(wilcoxon(differences).pvalue)
+    if math.isnan(p):
+        return None, "scipy gave no p-value"
     note = "" if nonzero >= WILCOXON_MIN_N else (
         f"{nonzero} non-zero differences (< {WILCOXON_MIN_N}): the two-sided test cannot reach p < 0.05 "
         f"(smallest p {2 / 2 ** nonzero:.3g})")
@@ -250,7 +252,7 @@ def evaluate(claim: Claim, comparison: Comparison, scores: Scores, rank: int) ->
     p, note = wilcoxon_p(diffs)
     n = len(diffs)
     if missing:
-        note = "; ".join(x for x in (f"no runs of {', '.join(missing)}", note) if x)
+        note = "; ".join(x for x in (f"no runs of {', '.join(missing)}", note if diffs else "") if x)
     elif 0 < n < MIN_PAIRS:
         note = "; ".join(x for x in (f"{n} pairs (< {MIN_PAIRS})", note) if x)
     return Effect(claim.id, comparison.text, comparison.kind, n, statistics.fmean(diffs) if diffs else None, ci,
@@ -310,7 +312,7 @@ def study(runs: list[RunRecord], last: bool = False, rank: int = 8) -> dict[str,
 
 # --- rendering ----------------------------------------------------------------------------------------
 def _num(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    return "–" if value is None else f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: never '-0.00'
 
 
 def _ci(ci: tuple[float, float] | list[float] | None) -> str:
@@ -331,9 +333,11 @@ def markdown(result: dict[str, Any]) -> str:
     for model in result["models"]:
         out += ["", f"## {model['model']}", "", "Trivial baselines: " + "; ".join(
             f"{task} {_num(b['value'])} ({b['source']})" for task, b in model["baselines"].items()) + ".", ""]
-        out += _table(["Row", "Task", "n", "Mean", "Median", "95% CI", "Degenerate", "Baseline", "Margin"], [
+        out += _table(["Row", "Task", "n", "Mean", "Median", "95% CI", "Degenerate", "Baseline", "Margin",
+                          "Failed / running"], [
             [r["row"], r["task"], str(r["n"]), _num(r["mean"]), _num(r["median"]), _ci(r["ci"]),
-             str(r["degenerate"]), _num(r["baseline"]), _num(r["margin"])] for r in model["per_task"]])
+             str(r["degenerate"]), _num(r["baseline"]), _num(r["margin"]), f"{r['failed']} / {r['running']}"]
+            for r in model["per_task"]])
         out += ["", "### Claims", ""]
         out += _table(["Claim", "Where", "Verdict", "Parts"], [
             [f"{c['id']} {c['claim']}", c["where"], c["verdict"],
