@@ -83,3 +83,31 @@ def test_authors_methods_dry_run_counts_every_run(tmp_path):
                        f"output_root={tmp_path}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("grid: 1080 runs (27 rows x 40 grid points); 0 already complete, 1080 to run")
+
+
+def test_cpu_study_holds_the_issue_rows_the_study_compares():
+    from subspace_tuning.study import STUDY_ROWS
+
+    sweep = OmegaConf.load(CONF_DIR / "experiment" / "cpu_study.yaml").hydra.sweeper
+    rows = [(method, mpc) for method, _, mpc in grid_rows(list(sweep.rows))]
+    assert rows == [(row.method, row.mpc) for row in STUDY_ROWS]
+    assert sweep.params.seed == "0,1,2,3,4" and "mrpc" in sweep.params.task.split(",")
+
+
+def test_cpu_study_two_run_smoke_then_the_study_tables(tmp_path):
+    import subprocess
+    import sys
+
+    result = train_py(["-m", "experiment=cpu_study", "model=tiny-roberta", "task.data_dir=null", "hydra.launcher.n_jobs=1",
+                       "hydra.sweeper.params.task=toy-sentiment", "hydra.sweeper.params.seed=0",
+                       "hydra.sweeper.rows=['method=lora','method=ia3']", "train.max_steps=2", "data.max_train_samples=32",
+                       "train.eval_batch_size=200", f"output_root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}"],
+                      cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "cpu_study").glob("**/metrics.json")]
+    assert sorted(r["method"] for r in records) == ["ia3", "lora"]
+    assert all(r["status"] == "completed" and r["model"] == "tiny-roberta" and r["rank"] in (8, None) for r in records)
+    study = subprocess.run([sys.executable, "-m", "subspace_tuning.study", str(tmp_path / "cpu_study"), "--out",
+                            str(tmp_path / "tables")], capture_output=True, text=True, timeout=300)
+    assert study.returncode == 0, study.stderr
+    assert (tmp_path / "tables" / "study.md").is_file() and (tmp_path / "tables" / "study.json").is_file()
