@@ -98,11 +98,11 @@ def test_cpu_study_two_run_smoke_then_the_study_tables(tmp_path):
     import subprocess
     import sys
 
-    result = train_py(["-m", "experiment=cpu_study", "model=tiny-roberta", "task.data_dir=null", "hydra.launcher.n_jobs=1",
-                       "hydra.sweeper.params.task=toy-sentiment", "hydra.sweeper.params.seed=0",
-                       "hydra.sweeper.rows=['method=lora','method=ia3']", "train.max_steps=2", "data.max_train_samples=32",
-                       "train.eval_batch_size=200", f"output_root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}"],
-                      cwd=tmp_path, timeout=600)
+    result = train_py(["-m", "experiment=cpu_study", "model=tiny-roberta", "task.data_dir=null",
+                       "hydra.launcher.n_jobs=1", "hydra.sweeper.params.task=toy-sentiment", "hydra.sweeper.params.seed=0",
+                       "hydra.sweeper.rows=['method=lora','method=ia3']", "train.max_steps=2",
+                       "data.max_train_samples=32", "train.eval_batch_size=200", f"output_root={tmp_path}",
+                       f"data.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(p.read_text()) for p in (tmp_path / "cpu_study").glob("**/metrics.json")]
     assert sorted(r["method"] for r in records) == ["ia3", "lora"]
