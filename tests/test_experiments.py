@@ -99,7 +99,8 @@ def test_cpu_study_two_run_smoke_then_the_study_tables(tmp_path):
     import sys
 
     result = train_py(["-m", "experiment=cpu_study", "model=tiny-roberta", "task.data_dir=null",
-                       "hydra.launcher.n_jobs=1", "hydra.sweeper.params.task=toy-sentiment", "hydra.sweeper.params.seed=0",
+                       "hydra.launcher.n_jobs=1", "hydra.sweeper.params.task=toy-sentiment",
+                       "hydra.sweeper.params.seed=0",
                        "hydra.sweeper.rows=['method=lora','method=ia3']", "train.max_steps=2",
                        "data.max_train_samples=32", "train.eval_batch_size=200", f"output_root={tmp_path}",
                        f"data.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, timeout=600)
