@@ -3,6 +3,7 @@ and methods registered for one test."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -105,9 +106,10 @@ def run_in_process(tmp_path: Path, overrides: list[str]) -> dict:
     return train(cfg, tmp_path / "run")
 
 
-def kill_after_step(method_name: str, step: int, launch: Callable[[], object]) -> None:
+def kill_after_step(method_name: str, step: int, launch: Callable[[], object], folder: Path) -> Path:
     """Run ``launch`` (a training run of ``method_name``) and kill it, as Ctrl-C would, right after optimizer step
-    ``step``: the run records ``failed`` and leaves its last epoch checkpoint for a relaunch to resume."""
+    ``step``; checks that the run ``folder`` records ``failed`` and keeps its last epoch checkpoint for a relaunch to
+    resume, and returns it."""
     from subspace_tuning.methods import method_class
 
     cls = method_class(method_name)
@@ -122,6 +124,11 @@ def kill_after_step(method_name: str, step: int, launch: Callable[[], object]) -
         patch.setattr(cls, "after_optimizer_step", killed)
         with pytest.raises(KeyboardInterrupt):
             launch()
+    from subspace_tuning.train import CHECKPOINT
+
+    assert json.loads((folder / "metrics.json").read_text())["status"] == "failed"
+    assert (folder / CHECKPOINT).is_file()
+    return folder
 
 
 def train_py(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

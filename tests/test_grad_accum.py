@@ -90,7 +90,7 @@ def test_resumed_accumulated_run_ends_where_an_uninterrupted_one_does(tmp_path):
     overrides = ["method=lora", "train.batch_size=8", "train.grad_accum_steps=2"]
     uninterrupted = run(tmp_path, "a", overrides)
     # killed in the second epoch: its checkpoint is the first's, at optimizer step 4
-    kill_after_step("lora", 6, lambda: run(tmp_path, "b", overrides))
+    kill_after_step("lora", 6, lambda: run(tmp_path, "b", overrides), tmp_path / "b" / "run")
     checkpoint = torch.load(tmp_path / "b" / "run" / CHECKPOINT, weights_only=True)
     assert checkpoint["progress"]["step"] == 4 and checkpoint["progress"]["epoch"] == 1
     resumed = run(tmp_path, "b", overrides)

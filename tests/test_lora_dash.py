@@ -201,9 +201,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, t):
     overrides = [*SHORT, f"method.prelaunch_steps={t}"]
     uninterrupted = run_in_process(tmp_path / "a", overrides)
     assert uninterrupted["method_summary"]["launched_at"] == t
-    kill_after_step("lora_dash", 6, lambda: run_in_process(tmp_path / "b", overrides))
-    folder = tmp_path / "b" / "run"
-    assert (folder / CHECKPOINT).is_file()
+    folder = kill_after_step("lora_dash", 6, lambda: run_in_process(tmp_path / "b", overrides), tmp_path / "b" / "run")
     checkpoint = torch.load(folder / CHECKPOINT, weights_only=True)
     assert checkpoint["method"]["launched_at"] == (t if t <= 4 else None)
 
