@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,8 +21,11 @@ def per_run(steps: float | None, reference: int, fallback: float | None = None) 
     return fallback if steps is None else float(steps) / int(reference)
 
 
-def lr_for(method_name: str, lr: float, full_ft_lr: float | None) -> float:
-    """Full fine-tuning's own learning rate where the protocol gives one, else the task's."""
+def lr_for(method_name: str, lr: float, full_ft_lr: float | None, by_method: Any = None) -> float:
+    """The method's own learning rate where ``optim.lr_by_method`` names it (the CPU study's per-method search,
+    docs/cpu_study/README.md), else full fine-tuning's where the protocol gives one, else the task's."""
+    if by_method and method_name in by_method:
+        return by_method[method_name]
     return full_ft_lr if method_name == "full" and full_ft_lr is not None else lr
 
 

@@ -407,6 +407,21 @@ def train_subset(dataset: Dataset, max_samples: int | None) -> Dataset:
     return dataset.shuffle(seed=0).select(range(max_samples))
 
 
+def split_heldout(dataset: Dataset, max_samples: int | None, heldout: int) -> tuple[Dataset, Dataset]:
+    """The training subset and ``heldout`` rows never trained on: the tail of the same seed-0 shuffle
+    ``train_subset`` draws from, so the training rows are those of the run without a held-out part (as long as
+    ``max_samples`` leaves ``heldout`` rows over) and a hyper-parameter search on them never sees the dev set."""
+    if heldout >= len(dataset):
+        raise ConfigError(f"data.heldout_samples={heldout}: the training split has only {len(dataset)} rows, so "
+                          "nothing would be left to train on; hold out fewer")
+    shuffled, pool = dataset.shuffle(seed=0), len(dataset) - heldout
+    if max_samples is not None and max_samples > pool:
+        raise ConfigError(f"data.max_train_samples={max_samples} with data.heldout_samples={heldout}: the training "
+                          f"split has {len(dataset)} rows, so at most {pool} can train beside the held-out ones")
+    size = pool if max_samples is None else max_samples
+    return shuffled.select(range(size)), shuffled.select(range(pool, len(dataset)))
+
+
 def eval_subset(dataset: Dataset, max_samples: int | None) -> Dataset:
     """The first ``max_samples`` examples (all when None), ordered by length.
 
@@ -459,7 +474,7 @@ def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
 
 
 def subset_size(data_cfg: DictConfig, key: str) -> int | None:
-    """``data.<key>`` (max_train_samples / max_eval_samples) as a positive int, or None for every example."""
+    """``data.<key>`` (max_train_samples, max_eval_samples, heldout_samples) as a positive int, or None (all)."""
     value = data_cfg.get(key)
     if value is None:
         return None
@@ -481,7 +496,13 @@ def build_dataloaders(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[DataLoader
         raise DataError(f"task {cfg.task.name}: split {', '.join(empty)} has no examples; check the data source")
     dataset = DatasetDict({split: model_inputs(rows, cfg.model) for split, rows in dataset.items()})
     collate = DataCollatorWithPadding(tokenizer)
-    train = train_subset(dataset["train"], max_train)
+    heldout = subset_size(cfg.data, "heldout_samples")
+    if heldout is None:
+        train, eval_splits = train_subset(dataset["train"], max_train), {
+            split: dataset[split] for split in cfg.task.splits if split != "train"}
+    else:  # the held-out rows replace the dev splits: a search that never sees them (docs/cpu_study/README.md)
+        train, held = split_heldout(dataset["train"], max_train, heldout)
+        eval_splits = {"heldout": held}
     generator = torch.Generator().manual_seed(int(cfg.seed))
     batch_size = int(cfg.train.batch_size)
     order: dict[str, Any] = {"shuffle": True, "generator": generator}
@@ -492,8 +513,8 @@ def build_dataloaders(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[DataLoader
                               pin_memory=pin, **order)
     train_loader.generator = generator  # the data order's RNG, saved in checkpoints (shuffled or grouped)
     eval_loaders = {
-        split: DataLoader(eval_subset(dataset[split], max_eval),
+        split: DataLoader(eval_subset(rows, max_eval),
                           batch_size=int(cfg.train.eval_batch_size), collate_fn=collate, pin_memory=pin)
-        for split in cfg.task.splits if split != "train"
+        for split, rows in eval_splits.items()
     }
     return train_loader, eval_loaders

@@ -222,6 +222,7 @@ RULES: tuple[tuple[str, Check, bool], ...] = (
     ("method.dropout", number(0, low_open=False, high=1, note=" (dropout on the adapter's input)"), False),
     ("data.max_train_samples", integer(1, nullable=True), True),
     ("data.max_eval_samples", integer(1, nullable=True), True),
+    ("data.heldout_samples", integer(1, nullable=True, note=" (rows of train scored instead of dev)"), False),
 )
 
 

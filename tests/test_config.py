@@ -100,3 +100,11 @@ def test_protocol_fractions_give_the_scripts_step_counts_on_the_full_data(task):
         [scripts.adalora.tinit, scripts.adalora.tfinal, scripts.adalora.deltaT]
     # a run on an eighth of the data keeps the proportions instead of outlasting the run
     assert abs(steps_of(cfg.train.eval_steps, total // 8) - max(1, scripts.eval_steps / 8)) <= 1
+
+
+def test_a_per_method_lr_wins_over_the_protocol_and_mpc_keeps_the_methods():
+    by_method = "+optim.lr_by_method={lora: 0.003, full: 0.0002}"
+    assert compose(["method=lora", "mpc=o", by_method]).optim.lr == 0.003
+    assert compose(["method=full", by_method]).optim.lr == 0.0002
+    other = compose(["method=dora", "protocol=simple", "task=rte", by_method])
+    assert other.optim.lr == other.task.lr  # a method the mapping does not name keeps the protocol's

@@ -222,6 +222,33 @@ def test_batches_are_padded_dynamically_and_subsets_are_fixed(tmp_path):
     assert train_loader.dataset["input_ids"] == other_loader.dataset["input_ids"]  # same subset for every seed
 
 
+def test_heldout_rows_are_never_trained_on_and_replace_dev(tmp_path):
+    def loaders(*extra: str):
+        cfg = compose(["model=tiny-roberta", "task=toy-sentiment", f"data.cache_dir={tmp_path}",
+                       "data.max_train_samples=100", *extra])
+        return data.build_dataloaders(cfg, load_tokenizer(cfg.model))
+
+    plain_train, plain_eval = loaders()
+    train, evals = loaders("data.heldout_samples=40")
+    assert list(evals) == ["heldout"] and "validation" in plain_eval  # dev is not scored
+    assert train.dataset["input_ids"] == plain_train.dataset["input_ids"]  # the study's own training rows
+    assert len(evals["heldout"].dataset) == 40  # disjoint rows: the next test (the toy task repeats sentences)
+
+
+def test_heldout_rows_leave_room_to_train():
+    from datasets import Dataset
+
+    rows = Dataset.from_dict({"input_ids": [[i] for i in range(10)], "label": [0] * 10})
+    train, held = data.split_heldout(rows, None, 3)
+    trained, kept_out = ({ids[0] for ids in part["input_ids"]} for part in (train, held))
+    assert len(trained) == 7 and len(kept_out) == 3 and not trained & kept_out
+    assert train["input_ids"] == data.train_subset(rows, 7)["input_ids"]  # the rows a run without holding out takes
+    with pytest.raises(ConfigError, match="nothing would be left to train on"):
+        data.split_heldout(rows, None, 10)
+    with pytest.raises(ConfigError, match="at most 7 can train"):
+        data.split_heldout(rows, 8, 3)
+
+
 def test_evaluation_runs_in_length_order_over_the_same_examples():
     from datasets import Dataset
 
