@@ -63,9 +63,10 @@ def prediction_summary(predictions: np.ndarray, labels: np.ndarray, regression: 
 
     Classification: degenerate when every prediction is one class (``majority_class`` and its share of the
     predictions, ``majority_share``); such a model scores exactly the majority-class (or constant) baseline, so
-    its score says nothing about what it learned (issue 17, part 7). Regression: degenerate when the predictions'
-    standard deviation (``prediction_std``) is below ``CONSTANT_RELATIVE_STD`` of the labels' (0 when the labels
-    are constant too)."""
+    its score says nothing about what it learned (issue 17, part 7). ``label_majority_share``: the most frequent
+    label's share of the split, that baseline's accuracy (the study's trivial baseline). Regression: degenerate
+    when the predictions' standard deviation (``prediction_std``) is below ``CONSTANT_RELATIVE_STD`` of the
+    labels' (0 when the labels are constant too)."""
     predictions = np.asarray(predictions)
     if predictions.size == 0:
         return {"degenerate": False}
@@ -76,7 +77,8 @@ def prediction_summary(predictions: np.ndarray, labels: np.ndarray, regression: 
     classes, counts = np.unique(predictions, return_counts=True)
     top = int(counts.argmax())
     return {"degenerate": len(classes) == 1, "majority_class": int(classes[top]),
-            "majority_share": float(counts[top]) / len(predictions)}
+            "majority_share": float(counts[top]) / len(predictions),
+            "label_majority_share": float(np.unique(np.asarray(labels), return_counts=True)[1].max()) / len(labels)}
 
 
 def degenerate_text(summary: dict[str, Any]) -> str:

@@ -152,6 +152,7 @@ class RunRecord:
     duplicates: list[RunRecord] = field(default_factory=list)
     degenerate_best: bool = False
     degenerate_last: bool = False
+    majority_baseline: float | None = None  # the dev split's most frequent label's share, in percent (accuracy)
 
     def score(self, last: bool) -> float | None:
         return self.last if last else self.best
@@ -183,6 +184,14 @@ def _degenerate(data: dict[str, Any], which: str) -> bool:
         return bool(flags[which])
     record = data.get(which)
     return bool(record.get("degenerate")) if isinstance(record, dict) else False
+
+
+def _majority_baseline(data: dict[str, Any]) -> float | None:
+    """The dev labels' majority share (percent) its last evaluation recorded; None before runs recorded it."""
+    record = data.get("last")
+    summary = record.get("predictions") if isinstance(record, dict) else None
+    share = summary.get("label_majority_share") if isinstance(summary, dict) else None
+    return 100.0 * float(share) if isinstance(share, int | float) else None
 
 
 def _variant(path: Path, data: dict[str, Any]) -> Variant:
@@ -225,7 +234,7 @@ def read_run(path: Path) -> RunRecord:
                      best=_headline(path, data, "best"), last=_headline(path, data, "last"), per_mille=per_mille,
                      error=data.get("error"), protocol=None if protocol is None else str(protocol),
                      fingerprint=data.get("config_fingerprint"), degenerate_best=_degenerate(data, "best"),
-                     degenerate_last=_degenerate(data, "last"))
+                     degenerate_last=_degenerate(data, "last"), majority_baseline=_majority_baseline(data))
 
 
 def find_runs(folders: Iterable[Path]) -> list[RunRecord]:

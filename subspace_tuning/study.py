@@ -16,12 +16,19 @@ computed from the CI alone by one rule:
   supported when every part that ran is, contradicted when any part is, not significant otherwise.
 
 Trivial baseline of a task: 0 for Matthews correlation and Pearson / Spearman (a constant prediction scores 0); for
-accuracy it is read from the records: a run whose dev predictions were all one class scores that class's share s,
-so on a two-class task the majority share is max(s, 100 - s); other accuracy tasks give the best such s (a lower
-bound). A task without any such run has no known baseline ("–").
+accuracy, the dev labels' majority share, which runs record with their predictions. From older records without it:
+a run whose dev predictions were all one class scores that class's share s, so on a two-class task the majority
+share is max(s, 100 - s); other accuracy tasks give the best such s (a lower bound). A task without either has no
+known baseline ("–").
+
+The learning-rate search (issue 17 part 2) is summarised by ``--lr-search``: per method, the held-out score at
+every lr and the chosen one (the best; ties to the smaller lr). ``--collect DIR`` copies each run's small result
+files for committing; ``--readme`` fills the generated blocks of docs/cpu_study/README.md.
 
 Examples:
     python -m subspace_tuning.study outputs/cpu_study --out docs/cpu_study
+    python -m subspace_tuning.study outputs/cpu_study_lr_search --lr-search --out docs/cpu_study
+    python -m subspace_tuning.study outputs/cpu_study --collect docs/cpu_study/runs/study
     python -m subspace_tuning.study outputs/cpu_study --last --rank 8
 """
 
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -52,6 +60,7 @@ BINARY_ACCURACY_TASKS = ("sst2", "qqp", "qnli", "rte", "mrpc")
 VERDICTS = ("supported", "contradicted", "not significant", "not run")
 KINDS = ("greater", "less", "comparable", "close", "smaller_std")
 OUTPUT_NAME = "study"  # <out>/study.md and <out>/study.json
+LR_SEARCH_NAME = "lr_search"  # <out>/lr_search.md and .json (--lr-search)
 
 
 # --- statistics -----------------------------------------------------------------------------------
@@ -265,6 +274,9 @@ def baseline(runs: list[RunRecord], task: str, metric: str, last: bool) -> tuple
         return 0.0, f"0: a constant prediction scores 0 {metric}"
     if metric != "accuracy":
         return None, f"unknown for {metric}"
+    recorded = {run.majority_baseline for run in runs if run.task == task and run.majority_baseline is not None}
+    if recorded:
+        return max(recorded), "the dev labels' majority class (recorded by the runs)"
     shares = [run.score(last) for run in runs if run.task == task and run.status == "completed"
               and run.degenerate(last) and run.score(last) is not None]
     if not shares:
@@ -349,16 +361,97 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """``study.md`` and ``study.json`` in ``out_dir``."""
+def write_files(out_dir: Path, name: str, text: str, data: Any) -> list[Path]:
+    """``<name>.md`` and ``<name>.json`` in ``out_dir``."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths = [out_dir / f"{OUTPUT_NAME}.md", out_dir / f"{OUTPUT_NAME}.json"]
-        paths[0].write_text(markdown(result))
-        paths[1].write_text(json.dumps(result, indent=1) + "\n")
+        paths = [out_dir / f"{name}.md", out_dir / f"{name}.json"]
+        paths[0].write_text(text)
+        paths[1].write_text(json.dumps(data, indent=1) + "\n")
     except OSError as err:
         raise StudyError(f"cannot write the study to {out_dir}: {err.strerror or err}.") from None
     return paths
+
+
+def write(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """``study.md`` and ``study.json`` in ``out_dir``."""
+    return write_files(out_dir, OUTPUT_NAME, markdown(result), result)
+
+
+# --- the learning-rate search (issue 17 part 2) ---------------------------------------------------------
+def lr_search(runs: list[RunRecord]) -> dict[str, Any]:
+    """Per method (study order): the held-out score of every lr the search ran (``optim.lr`` in the run's
+    variant) and the chosen lr, the best score (a tie goes to the smaller lr). ``edge``: the choice is the end of
+    the grid the method ran, so the search rule asks for the next half-decade step past it."""
+    grid: dict[str, dict[float, RunRecord]] = {}
+    for run in runs:
+        lr = dict(run.key.variant).get("optim.lr")
+        if lr is not None and run.status == "completed" and run.best is not None:
+            grid.setdefault(run.key.method, {})[float(lr)] = run
+    if not grid:
+        raise StudyError("no completed run with an optim.lr setting found: give the search's folder "
+                         "(python train.py -m experiment=cpu_study_lr_search writes outputs/cpu_study_lr_search)")
+    order = [spec.method for spec in STUDY_ROWS]
+    methods = {}
+    for method in sorted(grid, key=lambda m: (order.index(m) if m in order else len(order), m)):
+        lrs = sorted(grid[method])
+        chosen = max(lrs, key=lambda lr: (grid[method][lr].best, -lr))
+        methods[method] = {"label": RowKey(method, None, "none").label, "chosen": chosen,
+                           "edge": len(lrs) > 1 and chosen in (lrs[0], lrs[-1]),
+                           "scores": {repr(lr): grid[method][lr].best for lr in lrs},
+                           "degenerate": [repr(lr) for lr in lrs if grid[method][lr].degenerate(False)]}
+    return {"lrs": sorted({lr for runs_at in grid.values() for lr in runs_at}), "methods": methods}
+
+
+def lr_search_markdown(result: dict[str, Any]) -> str:
+    """The search as a table: held-out score (%) per method and lr, the chosen one in bold, one-class runs marked."""
+    lrs = [repr(lr) for lr in result["lrs"]]
+
+    def cell(entry: dict[str, Any], lr: str) -> str:
+        if lr not in entry["scores"]:
+            return "–"
+        text = _num(entry["scores"][lr]) + (" (one class)" if lr in entry["degenerate"] else "")
+        return f"**{text}**" if float(lr) == entry["chosen"] else text
+
+    lines = [[entry["label"], *(cell(entry, lr) for lr in lrs), f"{entry['chosen']:g}"
+              + (" (grid edge)" if entry["edge"] else "")] for entry in result["methods"].values()]
+    return "\n".join(_table(["Method", *lrs, "Chosen lr"], lines)) + "\n"
+
+
+# --- committed results and the README -------------------------------------------------------------------
+KEPT_FILES = ("metrics.json", "analysis.json")  # per-run results small enough to commit (never weights)
+
+
+def collect(folder: Path, dest: Path) -> int:
+    """Copy every run's ``KEPT_FILES`` below ``folder`` to the same relative path below ``dest``; the number of
+    runs copied. The tables and figures regenerate from ``dest`` alone."""
+    copied = 0
+    for metrics in sorted(folder.rglob("metrics.json")):
+        run = metrics.parent
+        target = dest / run.relative_to(folder)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for name in KEPT_FILES:
+                if (run / name).is_file():
+                    shutil.copy2(run / name, target / name)
+        except OSError as err:
+            raise StudyError(f"cannot copy the results of {run} to {target}: {err.strerror or err}.") from None
+        copied += 1
+    return copied
+
+
+def fill_readme(readme: Path, blocks: dict[str, str]) -> list[str]:
+    """Replace the text between ``<!-- begin NAME -->`` and ``<!-- end NAME -->`` in ``readme`` by ``blocks[NAME]``;
+    the names filled (a README without a block's markers keeps its text)."""
+    text, filled = readme.read_text(), []
+    for name, block in blocks.items():
+        begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            text = f"{head}{begin}\n{block.strip()}\n{end}{rest.split(end, 1)[1]}"
+            filled.append(name)
+    readme.write_text(text)
+    return filled
 
 
 class StudyError(SubspaceTuningError):
@@ -373,19 +466,44 @@ def parse_args(argv: list[str] | None = None) -> Any:
                         "(default: RESULTS_FOLDER)")
     parser.add_argument("--rank", type=positive_int, default=8, help="the rank of the rank-based rows (default 8)")
     parser.add_argument("--last", action="store_true", help="score each run's last evaluation, not its best")
+    parser.add_argument("--lr-search", action="store_true", help="RESULTS_FOLDER is the lr search "
+                        "(experiment=cpu_study_lr_search): write lr_search.md / .json, the chosen lr per method")
+    parser.add_argument("--collect", metavar="DIR", type=Path, default=None, help="only copy each run's "
+                        "metrics.json and analysis.json to DIR (same relative paths): the results to commit")
+    parser.add_argument("--readme", metavar="README", type=Path, default=None, help="then fill README's generated "
+                        "blocks (<!-- begin NAME --> ... <!-- end NAME -->) from the --out folder: " +
+                        ", ".join(f"{name} ({file})" for name, file in README_BLOCKS.items()))
     return parser.parse_args(argv)
+
+
+README_BLOCKS = {"study": f"{OUTPUT_NAME}.md", "lr-search": f"{LR_SEARCH_NAME}.md", "subspace": "subspace_analysis.md"}
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point; errors are one paragraph on stderr and exit status 2."""
     args = parse_args(argv)
+    out = args.out or args.folder
     try:
-        result = study(find_runs([args.folder]), args.last, args.rank)
-        written = write(result, args.out or args.folder)
+        if args.collect is not None:
+            print(f"copied the results of {collect(args.folder, args.collect)} runs to {args.collect}")
+            return
+        runs = find_runs([args.folder])
+        if args.lr_search:
+            result = lr_search(runs)
+            text, written = lr_search_markdown(result), write_files(out, LR_SEARCH_NAME, lr_search_markdown(result),
+                                                                   result)
+        else:
+            result = study(runs, args.last, args.rank)
+            text, written = markdown(result), write(result, out)
+        print(text)
+        print("wrote " + ", ".join(str(path) for path in written))
+        if args.readme is not None:
+            blocks = {name: (out / file).read_text() for name, file in README_BLOCKS.items() if (out / file).is_file()}
+            print(f"filled {', '.join(fill_readme(args.readme, blocks)) or 'no block'} of {args.readme}")
     except SubspaceTuningError as err:
         fail(err)
-    print(markdown(result))
-    print("wrote " + ", ".join(str(path) for path in written))
+    except OSError as err:
+        fail(StudyError(f"cannot read or write {err.filename}: {err.strerror or err}."))
 
 
 if __name__ == "__main__":

@@ -20,14 +20,14 @@ LABELS = np.array([0, 1, 1, 0, 1, 0, 0, 0])
 # --- detection on constructed predictions ---------------------------------------------------------------------
 def test_all_one_class_is_degenerate_and_names_the_class():
     summary = prediction_summary(np.full(8, 1), LABELS, regression=False)
-    assert summary == {"degenerate": True, "majority_class": 1, "majority_share": 1.0}
+    assert summary == {"degenerate": True, "majority_class": 1, "majority_share": 1.0, "label_majority_share": 0.625}
     assert "every dev prediction is class 1" in degenerate_text(summary)
 
 
 def test_one_prediction_of_another_class_is_not_degenerate():
     predictions = np.array([0, 0, 0, 0, 0, 0, 0, 2])
     assert prediction_summary(predictions, LABELS, regression=False) == {
-        "degenerate": False, "majority_class": 0, "majority_share": 0.875}
+        "degenerate": False, "majority_class": 0, "majority_share": 0.875, "label_majority_share": 0.625}
 
 
 @pytest.mark.parametrize(("noise", "degenerate"), [(0.0, True), (1e-6, True), (1e-2, False)])
@@ -50,7 +50,8 @@ def test_a_run_predicting_one_class_is_flagged(tmp_path: Path, monkeypatch, capl
     assert result["degenerate"] == {"best": True, "last": True}
     for record in result["history"]:
         assert record["degenerate"] is True
-        assert record["predictions"] == {"majority_class": 0, "majority_share": 1.0}
+        assert {k: record["predictions"][k] for k in ("majority_class", "majority_share")} == {
+            "majority_class": 0, "majority_share": 1.0}
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["degenerate"] == {"best": True, "last": True}
     assert on_disk["last"]["predictions"]["majority_class"] == 0
@@ -71,5 +72,7 @@ def test_a_run_with_mixed_predictions_is_not_flagged(tmp_path: Path, monkeypatch
     result = run_in_process(tmp_path, ["method=lora", "train.max_steps=2"])
     last = result["last"]
     assert last["degenerate"] is False and result["degenerate"] == {"best": False, "last": False}
-    assert last["predictions"] == {"majority_class": 1, "majority_share": 0.75}
+    assert {k: last["predictions"][k] for k in ("majority_class", "majority_share")} == {
+        "majority_class": 1, "majority_share": 0.75}
+    assert 0.5 <= last["predictions"]["label_majority_share"] <= 1  # the dev labels' own majority (the baseline)
     assert all(type(value) is float for value in last["scores"].values())

@@ -11,6 +11,8 @@ from omegaconf import OmegaConf
 
 from subspace_tuning.config import CONF_DIR
 
+REPO = CONF_DIR.parent
+
 
 def paper_rows(model: str) -> list[tuple[str, int | None, str]]:
     tables = json.loads(files("subspace_tuning").joinpath("paper_results.json").read_text())["tables"]
@@ -91,7 +93,18 @@ def test_cpu_study_holds_the_issue_rows_the_study_compares():
     sweep = OmegaConf.load(CONF_DIR / "experiment" / "cpu_study.yaml").hydra.sweeper
     rows = [(method, mpc) for method, _, mpc in grid_rows(list(sweep.rows))]
     assert rows == [(row.method, row.mpc) for row in STUDY_ROWS]
-    assert sweep.params.seed == "0,1,2,3,4" and "mrpc" in sweep.params.task.split(",")
+    assert sweep.params.seed == "0,1,2,3,4" and "stsb" in sweep.params.task.split(",")  # a pair task
+
+
+def test_cpu_study_lrs_are_the_committed_searchs_choice():
+    from subspace_tuning.results import find_runs
+    from subspace_tuning.study import STUDY_ROWS, lr_search
+
+    search = lr_search(find_runs([REPO / "docs" / "cpu_study" / "runs" / "lr_search"]))["methods"]
+    assert not [method for method, entry in search.items() if entry["edge"]]  # the rule ran each to an inner best
+    assert set(search) == {row.method for row in STUDY_ROWS}
+    by_method = OmegaConf.load(CONF_DIR / "experiment" / "cpu_study.yaml").optim.lr_by_method
+    assert dict(by_method) == {method: entry["chosen"] for method, entry in search.items()}
 
 
 def test_cpu_study_two_run_smoke_then_the_study_tables(tmp_path):

@@ -14,7 +14,11 @@ from subspace_tuning.results import find_runs
 from subspace_tuning.study import (
     EQUIVALENCE_MARGIN,
     bootstrap_ci,
+    collect,
     combine,
+    fill_readme,
+    lr_search,
+    lr_search_markdown,
     main,
     study,
     t_interval,
@@ -160,6 +164,17 @@ def test_per_task_table_baseline_and_degenerate(tmp_path: Path) -> None:
     assert model["baselines"]["rte"]["source"] == "majority share from 2 one-class run(s)"
 
 
+def test_the_recorded_majority_share_is_the_baseline(tmp_path: Path) -> None:
+    run(tmp_path, "sst2", "lora", [80.0, 81.0, 82.0, 83.0, 84.0])  # no run predicted one class
+    assert result(tmp_path)["baselines"]["sst2"]["value"] is None
+    path = next(tmp_path.rglob("metrics.json"))
+    data = json.loads(path.read_text())
+    data["last"]["predictions"] = {"majority_class": 1, "majority_share": 0.6, "label_majority_share": 0.5092}
+    path.write_text(json.dumps(data))
+    sst2 = next(r for r in result(tmp_path)["per_task"] if r["task"] == "sst2")
+    assert sst2["baseline"] == pytest.approx(50.92) and sst2["margin"] == pytest.approx(82.0 - 50.92)
+
+
 def test_the_command_writes_both_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run(tmp_path / "runs", "rte", "lora", [60 + e for e in NOISE])
     run(tmp_path / "runs", "rte", "dora", [63 + e for e in NOISE])
@@ -176,3 +191,42 @@ def test_a_missing_folder_is_one_error(tmp_path: Path, capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "nope")])
     assert exit_info.value.code == 2 and capsys.readouterr().err.startswith("error: no such folder:")
+
+
+# --- the lr search, committed results, the README ------------------------------------------------------
+def test_lr_search_takes_the_best_held_out_score_and_flags_a_grid_edge(tmp_path: Path) -> None:
+    for lr, lora, ia3 in (("0.0001", 80.0, 60.0), ("0.001", 85.0, 70.0), ("0.01", 85.0, 75.0)):
+        write_run(tmp_path, "sst2", "lora", 8, "none", 0, best=lora / 100, variant={"optim.lr": lr})
+        write_run(tmp_path, "sst2", "ia3", None, "none", 0, best=ia3 / 100, variant={"optim.lr": lr})
+    write_run(tmp_path, "sst2", "lora", 8, "none", 0, best=0.99, variant={"optim.lr": "0.1"}, status="failed")
+    result = lr_search(find_runs([tmp_path]))
+    lora, ia3 = result["methods"]["lora"], result["methods"]["ia3"]
+    assert lora["chosen"] == 0.001 and not lora["edge"]  # a tie (85 at 1e-3 and 1e-2) goes to the smaller lr
+    assert ia3["chosen"] == 0.01 and ia3["edge"]  # best at the top of the grid: the rule extends it
+    assert list(result["methods"]) == ["ia3", "lora"]  # the study's row order
+    table = lr_search_markdown(result)
+    assert "**85.00**" in table and "0.01 (grid edge)" in table and "99" not in table  # a failed run is no score
+
+
+def test_lr_search_without_lr_runs_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_run(tmp_path, "sst2", "lora", 8, "none", 0)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--lr-search"])
+    assert "no completed run with an optim.lr setting" in capsys.readouterr().err
+
+
+def test_collect_keeps_only_the_small_result_files(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "runs", "sst2", "lora", 8, "none", 0)
+    (path.parent / "trained.safetensors").write_bytes(b"weights")
+    (path.parent / "analysis.json").write_text("{}")
+    assert collect(tmp_path / "runs", tmp_path / "kept") == 1
+    kept = tmp_path / "kept" / path.parent.relative_to(tmp_path / "runs")
+    assert sorted(p.name for p in kept.iterdir()) == ["analysis.json", "metrics.json"]
+    assert find_runs([tmp_path / "kept"])[0].best == pytest.approx(80.0)
+
+
+def test_readme_blocks_are_replaced_and_the_rest_kept(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- begin study -->\nold\n<!-- end study -->\nafter\n")
+    assert fill_readme(readme, {"study": "| new |\n", "subspace": "x"}) == ["study"]
+    assert readme.read_text() == "intro\n<!-- begin study -->\n| new |\n<!-- end study -->\nafter\n"
