@@ -380,42 +380,73 @@ def write(result: dict[str, Any], out_dir: Path) -> list[Path]:
 
 # --- the learning-rate search (issue 17 part 2) ---------------------------------------------------------
 def lr_search(runs: list[RunRecord]) -> dict[str, Any]:
-    """Per method (study order): the held-out score of every lr the search ran (``optim.lr`` in the run's
-    variant) and the chosen lr, the best score (a tie goes to the smaller lr). ``edge``: the choice is the end of
-    the grid the method ran, so the search rule asks for the next half-decade step past it."""
-    grid: dict[str, dict[float, RunRecord]] = {}
+    """The lr search's choice per method (study order), by its one rule (docs/cpu_study/README.md).
+
+    The search task is the one with the most runs; every other task is a check. Per method, the search task's
+    held-out score at every lr (``optim.lr`` in the run's variant) ranks the lrs (a tie goes to the smaller); the
+    chosen lr is the best-ranked one at which the method's check runs learned (their predictions were not one
+    class or a constant). ``pending``: the lr whose check has not run yet (no choice until it has); ``edge``: the
+    choice is an end of the grid the method ran, so the rule asks for the next half-decade step past it."""
+    results: dict[str, dict[str, dict[float, RunRecord]]] = {}
     for run in runs:
         lr = dict(run.key.variant).get("optim.lr")
         if lr is not None and run.status == "completed" and run.best is not None:
-            grid.setdefault(run.key.method, {})[float(lr)] = run
-    if not grid:
+            results.setdefault(run.task, {}).setdefault(run.key.method, {})[float(lr)] = run
+    if not results:
         raise StudyError("no completed run with an optim.lr setting found: give the search's folder "
                          "(python train.py -m experiment=cpu_study_lr_search writes outputs/cpu_study_lr_search)")
+    search_task = max(results, key=lambda task: sum(map(len, results[task].values())))
+    checks = {task: by_method for task, by_method in results.items() if task != search_task}
     order = [spec.method for spec in STUDY_ROWS]
     methods = {}
-    for method in sorted(grid, key=lambda m: (order.index(m) if m in order else len(order), m)):
-        lrs = sorted(grid[method])
-        chosen = max(lrs, key=lambda lr: (grid[method][lr].best, -lr))
-        methods[method] = {"label": RowKey(method, None, "none").label, "chosen": chosen,
-                           "edge": len(lrs) > 1 and chosen in (lrs[0], lrs[-1]),
-                           "scores": {repr(lr): grid[method][lr].best for lr in lrs},
-                           "degenerate": [repr(lr) for lr in lrs if grid[method][lr].degenerate(False)]}
-    return {"lrs": sorted({lr for runs_at in grid.values() for lr in runs_at}), "methods": methods}
+    for method in sorted(results[search_task], key=lambda m: (order.index(m) if m in order else len(order), m)):
+        grid = results[search_task][method]
+        lrs = sorted(grid)
+        chosen = pending = None
+        for lr in sorted(lrs, key=lambda lr: (-grid[lr].best, lr)):
+            checked = [by_method.get(method, {}).get(lr) for by_method in checks.values()]
+            if None in checked:
+                pending = lr
+                break
+            if not any(run.degenerate(False) for run in checked):
+                chosen = lr
+                break
+        methods[method] = {"label": RowKey(method, None, "none").label, "chosen": chosen, "pending": pending,
+                           "edge": chosen is not None and len(lrs) > 1 and chosen in (lrs[0], lrs[-1]),
+                           "scores": {repr(lr): grid[lr].best for lr in lrs},
+                           "degenerate": [repr(lr) for lr in lrs if grid[lr].degenerate(False)],
+                           "checks": {task: {repr(lr): {"score": run.best, "degenerate": run.degenerate(False)}
+                                             for lr, run in sorted(by_method.get(method, {}).items())}
+                                      for task, by_method in checks.items()}}
+    return {"task": search_task, "check_tasks": sorted(checks), "lrs": sorted({lr for by_lr in
+            results[search_task].values() for lr in by_lr}), "methods": methods}
 
 
 def lr_search_markdown(result: dict[str, Any]) -> str:
-    """The search as a table: held-out score (%) per method and lr, the chosen one in bold, one-class runs marked."""
+    """The search as a table: held-out score (points) per method and lr on the search task, the chosen one in
+    bold, one-class runs marked; then each check task's runs and the choice."""
     lrs = [repr(lr) for lr in result["lrs"]]
 
     def cell(entry: dict[str, Any], lr: str) -> str:
         if lr not in entry["scores"]:
             return "–"
         text = _num(entry["scores"][lr]) + (" (one class)" if lr in entry["degenerate"] else "")
-        return f"**{text}**" if float(lr) == entry["chosen"] else text
+        return f"**{text}**" if entry["chosen"] is not None and float(lr) == entry["chosen"] else text
 
-    lines = [[entry["label"], *(cell(entry, lr) for lr in lrs), f"{entry['chosen']:g}"
-              + (" (grid edge)" if entry["edge"] else "")] for entry in result["methods"].values()]
-    return "\n".join(_table(["Method", *lrs, "Chosen lr"], lines)) + "\n"
+    def check(runs_at: dict[str, dict[str, Any]]) -> str:
+        return "; ".join(f"{float(lr):g}: " + ("constant" if r["degenerate"] else _num(r["score"]))
+                         for lr, r in runs_at.items()) or "–"
+
+    def choice(entry: dict[str, Any]) -> str:
+        if entry["chosen"] is None:
+            return f"pending: check {entry['pending']:g}" if entry["pending"] is not None else "none learns"
+        return f"{entry['chosen']:g}" + (" (grid edge)" if entry["edge"] else "")
+
+    lines = [[entry["label"], *(cell(entry, lr) for lr in lrs),
+              *(check(entry["checks"][task]) for task in result["check_tasks"]), choice(entry)]
+             for entry in result["methods"].values()]
+    header = ["Method", *lrs, *(f"check: {task}" for task in result["check_tasks"]), "Chosen lr"]
+    return "\n".join(_table(header, lines)) + "\n"
 
 
 # --- committed results and the README -------------------------------------------------------------------

@@ -194,18 +194,41 @@ def test_a_missing_folder_is_one_error(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 # --- the lr search, committed results, the README ------------------------------------------------------
-def test_lr_search_takes_the_best_held_out_score_and_flags_a_grid_edge(tmp_path: Path) -> None:
-    for lr, lora, ia3 in (("0.0001", 80.0, 60.0), ("0.001", 85.0, 70.0), ("0.01", 85.0, 75.0)):
+def test_lr_search_takes_the_best_held_out_score_that_learns_on_the_check_task(tmp_path: Path) -> None:
+    for lr, lora, ia3 in (("0.0001", 80.0, 60.0), ("0.001", 85.0, 70.0), ("0.01", 85.0, 75.0), ("0.1", 50.0, 50.0)):
         write_run(tmp_path, "sst2", "lora", 8, "none", 0, best=lora / 100, variant={"optim.lr": lr})
         write_run(tmp_path, "sst2", "ia3", None, "none", 0, best=ia3 / 100, variant={"optim.lr": lr})
-    write_run(tmp_path, "sst2", "lora", 8, "none", 0, best=0.99, variant={"optim.lr": "0.1"}, status="failed")
+    write_run(tmp_path, "sst2", "lora", 8, "none", 0, best=0.99, variant={"optim.lr": "1.0"}, status="failed")
+    write_run(tmp_path, "stsb", "ia3", None, "none", 0, best=0.4, variant={"optim.lr": "0.01"})
     result = lr_search(find_runs([tmp_path]))
-    lora, ia3 = result["methods"]["lora"], result["methods"]["ia3"]
-    assert lora["chosen"] == 0.001 and not lora["edge"]  # a tie (85 at 1e-3 and 1e-2) goes to the smaller lr
-    assert ia3["chosen"] == 0.01 and ia3["edge"]  # best at the top of the grid: the rule extends it
-    assert list(result["methods"]) == ["ia3", "lora"]  # the study's row order
+    assert (result["task"], result["check_tasks"], list(result["methods"])) == ("sst2", ["stsb"], ["ia3", "lora"])
+    ia3, lora = result["methods"]["ia3"], result["methods"]["lora"]
+    assert ia3["chosen"] == 0.01 and not ia3["edge"]
+    assert lora["chosen"] is None and lora["pending"] == 0.001  # a tie (85 at 1e-3, 1e-2): the smaller lr first
+
+    def check(lr: str, degenerate: tuple[int, ...]) -> None:
+        path = write_run(tmp_path, "stsb", "lora", 8, "none", 0, best=0.3, variant={"optim.lr": lr})
+        if degenerate:
+            data = json.loads(path.read_text())
+            data["degenerate"] = {"best": True, "last": True}
+            path.write_text(json.dumps(data))
+
+    check("0.001", (0,))  # collapses on the check task: the next-ranked lr is the candidate
+    lora = lr_search(find_runs([tmp_path]))["methods"]["lora"]
+    assert lora["chosen"] is None and lora["pending"] == 0.01
+    check("0.01", ())
+    result = lr_search(find_runs([tmp_path]))
+    assert result["methods"]["lora"]["chosen"] == 0.01 and not result["methods"]["lora"]["edge"]
     table = lr_search_markdown(result)
-    assert "**85.00**" in table and "0.01 (grid edge)" in table and "99" not in table  # a failed run is no score
+    assert "**85.00**" in table and "0.001: constant; 0.01: 30.00" in table and "99" not in table  # failed: no score
+
+
+def test_lr_search_flags_a_choice_at_the_grid_edge(tmp_path: Path) -> None:
+    for lr, score in (("0.001", 60.0), ("0.01", 70.0)):
+        write_run(tmp_path, "sst2", "ssb", None, "none", 0, best=score / 100, variant={"optim.lr": lr})
+    entry = lr_search(find_runs([tmp_path]))["methods"]["ssb"]
+    assert entry["chosen"] == 0.01 and entry["edge"]  # best at the top: the rule extends the grid
+    assert "0.01 (grid edge)" in lr_search_markdown(lr_search(find_runs([tmp_path])))
 
 
 def test_lr_search_without_lr_runs_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
