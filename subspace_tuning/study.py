@@ -449,6 +449,31 @@ def lr_search_markdown(result: dict[str, Any]) -> str:
     return "\n".join(_table(header, lines)) + "\n"
 
 
+def half_decade(lr: float, up: bool) -> float:
+    """The next value of the 1-3-10 grid above (or below) ``lr``: 1e-2 -> 3e-2 -> 1e-1; 3e-5 -> 1e-5."""
+    exponent = math.floor(math.log10(lr) + 1e-9)
+    three = lr / 10 ** exponent > 2
+    if up:
+        return float(f"1e{exponent + 1}") if three else float(f"3e{exponent}")
+    return float(f"1e{exponent}") if three else float(f"3e{exponent - 1}")
+
+
+def next_runs(result: dict[str, Any]) -> list[str]:
+    """The runs the rule still needs, as command lines: a check of a pending lr, a step past a grid edge."""
+    needed: dict[str, list[str]] = {}
+    for method, entry in result["methods"].items():
+        if entry["pending"] is not None:
+            for task in result["check_tasks"]:
+                if repr(entry["pending"]) not in entry["checks"][task]:
+                    needed.setdefault(task, []).append(f"method={method} optim.lr={entry['pending']:g}")
+        elif entry["edge"]:
+            up = entry["chosen"] == max(map(float, entry["scores"]))
+            needed.setdefault(result["task"], []).append(
+                f"method={method} optim.lr={half_decade(entry['chosen'], up):g}")
+    return [f"python train.py -m experiment=cpu_study_lr_search hydra.sweeper.params.task={task} "
+            f"\"hydra.sweeper.rows=[{','.join(repr(row) for row in rows)}]\"" for task, rows in needed.items()]
+
+
 # --- committed results and the README -------------------------------------------------------------------
 KEPT_FILES = ("metrics.json", "analysis.json")  # per-run results small enough to commit (never weights)
 
@@ -523,6 +548,7 @@ def main(argv: list[str] | None = None) -> None:
             result = lr_search(runs)
             text, written = lr_search_markdown(result), write_files(out, LR_SEARCH_NAME, lr_search_markdown(result),
                                                                    result)
+            text += "".join(f"\nthe rule needs: {command}" for command in next_runs(result))
         else:
             result = study(runs, args.last, args.rank)
             text, written = markdown(result), write(result, out)

@@ -17,9 +17,11 @@ from subspace_tuning.study import (
     collect,
     combine,
     fill_readme,
+    half_decade,
     lr_search,
     lr_search_markdown,
     main,
+    next_runs,
     study,
     t_interval,
     verdict,
@@ -213,6 +215,8 @@ def test_lr_search_takes_the_best_held_out_score_that_learns_on_the_check_task(t
             data["degenerate"] = {"best": True, "last": True}
             path.write_text(json.dumps(data))
 
+    assert next_runs(result) == ["python train.py -m experiment=cpu_study_lr_search hydra.sweeper.params.task=stsb "
+                                 "\"hydra.sweeper.rows=['method=lora optim.lr=0.001']\""]
     check("0.001", (0,))  # collapses on the check task: the next-ranked lr is the candidate
     lora = lr_search(find_runs([tmp_path]))["methods"]["lora"]
     assert lora["chosen"] is None and lora["pending"] == 0.01
@@ -228,6 +232,11 @@ def test_lr_search_flags_a_choice_at_the_grid_edge(tmp_path: Path) -> None:
         write_run(tmp_path, "sst2", "ssb", None, "none", 0, best=score / 100, variant={"optim.lr": lr})
     entry = lr_search(find_runs([tmp_path]))["methods"]["ssb"]
     assert entry["chosen"] == 0.01 and entry["edge"]  # best at the top: the rule extends the grid
+    assert next_runs(lr_search(find_runs([tmp_path]))) == [
+        "python train.py -m experiment=cpu_study_lr_search hydra.sweeper.params.task=sst2 "
+        "\"hydra.sweeper.rows=['method=ssb optim.lr=0.03']\""]
+    assert [half_decade(lr, True) for lr in (1e-2, 3e-2, 1e-4)] == [3e-2, 1e-1, 3e-4]
+    assert [half_decade(lr, False) for lr in (3e-5, 1e-4, 1e-2)] == [1e-5, 3e-5, 3e-3]
     assert "0.01 (grid edge)" in lr_search_markdown(lr_search(find_runs([tmp_path])))
 
 
