@@ -384,7 +384,7 @@ def lr_search(runs: list[RunRecord]) -> dict[str, Any]:
 
     The search task is the one with the most runs; every other task is a check. Per method, the search task's
     held-out score at every lr (``optim.lr`` in the run's variant) ranks the lrs (a tie goes to the smaller); the
-    chosen lr is the best-ranked one at which the method's check runs learned (their predictions were not one
+    chosen lr is the best-ranked one at which the method learned on every task (its predictions were not one
     class or a constant). ``pending``: the lr whose check has not run yet (no choice until it has); ``edge``: the
     choice is an end of the grid the method ran, so the rule asks for the next half-decade step past it."""
     results: dict[str, dict[str, dict[float, RunRecord]]] = {}
@@ -403,7 +403,7 @@ def lr_search(runs: list[RunRecord]) -> dict[str, Any]:
         grid = results[search_task][method]
         lrs = sorted(grid)
         chosen = pending = None
-        for lr in sorted(lrs, key=lambda lr: (-grid[lr].best, lr)):
+        for lr in sorted((lr for lr in lrs if not grid[lr].degenerate(False)), key=lambda lr: (-grid[lr].best, lr)):
             checked = [by_method.get(method, {}).get(lr) for by_method in checks.values()]
             if None in checked:
                 pending = lr

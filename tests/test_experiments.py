@@ -100,7 +100,9 @@ def test_cpu_study_lrs_are_the_committed_searchs_choice():
     from subspace_tuning.results import find_runs
     from subspace_tuning.study import STUDY_ROWS, lr_search
 
-    search = lr_search(find_runs([REPO / "docs" / "cpu_study" / "runs" / "lr_search"]))["methods"]
+    result = lr_search(find_runs([REPO / "docs" / "cpu_study" / "runs" / "lr_search"]))
+    search = result["methods"]
+    assert (result["task"], result["check_tasks"]) == ("sst2", ["stsb"])
     assert not [method for method, entry in search.items() if entry["edge"] or entry["chosen"] is None]
     assert set(search) == {row.method for row in STUDY_ROWS}
     by_method = OmegaConf.load(CONF_DIR / "experiment" / "cpu_study.yaml").optim.lr_by_method
