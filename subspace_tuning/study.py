@@ -52,6 +52,8 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # a fixed generator: the claims table regenerates identically
 # "Comparable" / "close" claims: points of the headline score (accuracy %, or 100 x MCC / correlation).
 EQUIVALENCE_MARGIN = 2.0
+# "Learns" (issue 17 part 1): 10 points of accuracy above the majority class, or 0.3 of MCC / correlation above 0.
+LEARNED_MARGIN = {"accuracy": 10.0, "correlation": 30.0}
 MIN_PAIRS = 3  # below this a bootstrap CI is no evidence either way
 # With n non-zero differences the smallest two-sided exact Wilcoxon p is 2 / 2**n: n < 6 cannot reach 0.05.
 WILCOXON_MIN_N = 6
@@ -379,13 +381,23 @@ def write(result: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 # --- the learning-rate search (issue 17 part 2) ---------------------------------------------------------
+def learned(run: RunRecord) -> bool:
+    """Whether a run cleared the study's margin over its trivial baseline (docs/cpu_study/README.md): not
+    degenerate, and ``LEARNED_MARGIN`` points above it (accuracy: the recorded majority share; correlations: 0)."""
+    if run.degenerate(False) or run.best is None:
+        return False
+    if run.metric == "accuracy":
+        return run.majority_baseline is None or run.best >= run.majority_baseline + LEARNED_MARGIN["accuracy"]
+    return run.best >= LEARNED_MARGIN["correlation"]
+
+
 def lr_search(runs: list[RunRecord]) -> dict[str, Any]:
     """The lr search's choice per method (study order), by its one rule (docs/cpu_study/README.md).
 
     The search task is the one with the most runs; every other task is a check. Per method, the search task's
-    held-out score at every lr (``optim.lr`` in the run's variant) ranks the lrs (a tie goes to the smaller); the
-    chosen lr is the best-ranked one at which the method learned on every task (its predictions were not one
-    class or a constant). ``pending``: the lr whose check has not run yet (no choice until it has); ``edge``: the
+    held-out score at every lr (``optim.lr`` in the run's variant) ranks the lrs (a tie goes to the smaller) and
+    lrs at which the method predicted one class are dropped; the chosen lr is the best-ranked one at which the
+    method also learned on every check task (``learned``). ``pending``: the lr whose check has not run yet (no choice until it has); ``edge``: the
     choice is an end of the grid the method ran, so the rule asks for the next half-decade step past it."""
     results: dict[str, dict[str, dict[float, RunRecord]]] = {}
     for run in runs:
@@ -403,12 +415,13 @@ def lr_search(runs: list[RunRecord]) -> dict[str, Any]:
         grid = results[search_task][method]
         lrs = sorted(grid)
         chosen = pending = None
-        for lr in sorted((lr for lr in lrs if not grid[lr].degenerate(False)), key=lambda lr: (-grid[lr].best, lr)):
+        ranked = sorted((lr for lr in lrs if not grid[lr].degenerate(False)), key=lambda lr: (-grid[lr].best, lr))
+        for lr in ranked:
             checked = [by_method.get(method, {}).get(lr) for by_method in checks.values()]
             if None in checked:
                 pending = lr
                 break
-            if not any(run.degenerate(False) for run in checked):
+            if all(learned(run) for run in checked):
                 chosen = lr
                 break
         methods[method] = {"label": RowKey(method, None, "none").label, "chosen": chosen, "pending": pending,

@@ -208,23 +208,24 @@ def test_lr_search_takes_the_best_held_out_score_that_learns_on_the_check_task(t
     assert ia3["chosen"] == 0.01 and not ia3["edge"]
     assert lora["chosen"] is None and lora["pending"] == 0.001  # a tie (85 at 1e-3, 1e-2): the smaller lr first
 
-    def check(lr: str, degenerate: tuple[int, ...]) -> None:
-        path = write_run(tmp_path, "stsb", "lora", 8, "none", 0, best=0.3, variant={"optim.lr": lr})
+    def check(lr: str, pearson: float, degenerate: bool = False) -> None:
+        path = write_run(tmp_path, "stsb", "lora", 8, "none", 0, best=pearson / 100, variant={"optim.lr": lr})
         if degenerate:
             data = json.loads(path.read_text())
             data["degenerate"] = {"best": True, "last": True}
             path.write_text(json.dumps(data))
 
-    assert next_runs(result) == ["python train.py -m experiment=cpu_study_lr_search hydra.sweeper.params.task=stsb "
-                                 "\"hydra.sweeper.rows=['method=lora optim.lr=0.001']\""]
-    check("0.001", (0,))  # collapses on the check task: the next-ranked lr is the candidate
-    lora = lr_search(find_runs([tmp_path]))["methods"]["lora"]
-    assert lora["chosen"] is None and lora["pending"] == 0.01
-    check("0.01", ())
+    check("0.001", 40.0, degenerate=True)  # constant on the check task: the next-ranked lr is the candidate
+    assert lr_search(find_runs([tmp_path]))["methods"]["lora"]["pending"] == 0.01
+    check("0.01", 25.0)  # not constant, but below the study's margin (30 of Pearson): not learned either
+    assert lr_search(find_runs([tmp_path]))["methods"]["lora"]["pending"] == 0.0001
+    check("0.0001", 50.0)
     result = lr_search(find_runs([tmp_path]))
-    assert result["methods"]["lora"]["chosen"] == 0.01 and not result["methods"]["lora"]["edge"]
+    lora = result["methods"]["lora"]
+    assert lora["chosen"] == 0.0001 and lora["edge"] and lora["pending"] is None  # the grid's low end
     table = lr_search_markdown(result)
-    assert "**85.00**" in table and "0.001: constant; 0.01: 30.00" in table and "99" not in table  # failed: no score
+    assert "**80.00**" in table and "0.0001: 50.00; 0.001: constant; 0.01: 25.00" in table
+    assert "99" not in table  # a failed run has no score
 
 
 def test_lr_search_flags_a_choice_at_the_grid_edge(tmp_path: Path) -> None:
