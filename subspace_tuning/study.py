@@ -397,8 +397,9 @@ def lr_search(runs: list[RunRecord]) -> dict[str, Any]:
     The search task is the one with the most runs; every other task is a check. Per method, the search task's
     held-out score at every lr (``optim.lr`` in the run's variant) ranks the lrs (a tie goes to the smaller) and
     lrs at which the method predicted one class are dropped; the chosen lr is the best-ranked one at which the
-    method also learned on every check task (``learned``). ``pending``: the lr whose check has not run yet (no choice until it has); ``edge``: the
-    choice is an end of the grid the method ran, so the rule asks for the next half-decade step past it."""
+    method also learned on every check task (``learned``). ``pending``: the lr whose check has not run yet (no
+    choice until it has); ``edge``: the choice is an end of the grid the method ran, so the rule asks for the next
+    half-decade step past it."""
     results: dict[str, dict[str, dict[float, RunRecord]]] = {}
     for run in runs:
         lr = dict(run.key.variant).get("optim.lr")
