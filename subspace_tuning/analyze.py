@@ -251,13 +251,16 @@ def run_folders(folder: Path) -> list[Path]:
     return runs
 
 
-def analyse_folders(folder: Path, write_runs: bool, recompute: bool) -> list[Analysed]:
-    """Every completed run below ``folder``, analysed (or its ``analysis.json`` reused)."""
+def analyse_folders(folder: Path, write_runs: bool, recompute: bool, seeds: set[int] | None = None) -> list[Analysed]:
+    """Every completed run below ``folder`` (of ``seeds`` only, when given), analysed (or its ``analysis.json``
+    reused)."""
     from .results import family, read_run
 
     analysed = []
     for run in run_folders(folder):
         record = read_run(run / "metrics.json")
+        if seeds is not None and record.seed not in seeds:
+            continue
         cached = run / ANALYSIS_FILE
         if record.status != "completed":
             result, why = None, f"status {record.status}"
@@ -404,7 +407,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--figures", action="store_true", help="one PNG bar chart of share(r) per model and task")
     parser.add_argument("--no-write-runs", action="store_true", help="do not write each run's analysis.json / .md")
     parser.add_argument("--recompute", action="store_true", help="analyse runs that already have analysis.json")
+    parser.add_argument("--seeds", type=seed_list, default=None, help="only the runs of these seeds, e.g. 0 or 0,1 "
+                        "(each run's analysis costs about a model load and an SVD per matrix)")
     return parser.parse_args(argv)
+
+
+def seed_list(text: str) -> set[int]:
+    """'0,1' -> {0, 1}; anything else is argparse's one-line usage error."""
+    try:
+        seeds = {int(part) for part in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of seeds, e.g. 0 or 0,1") from None
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are >= 0")
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -413,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if not args.folder.is_dir():
             raise AnalysisError(f"{args.folder} is not a folder; give a run folder or a sweep folder")
-        analysed = analyse_folders(args.folder, not args.no_write_runs, args.recompute)
+        analysed = analyse_folders(args.folder, not args.no_write_runs, args.recompute, args.seeds)
         if len(analysed) == 1 and args.figures is False:
             item = analysed[0]
             if item.result is None:

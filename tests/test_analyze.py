@@ -195,6 +195,14 @@ def test_command_on_a_sweep_writes_the_table_and_figures(trained_runs: Path, tmp
     assert (tmp_path / "figures" / "subspace_tiny-roberta_toy-sentiment.png").stat().st_size > 0
 
 
+def test_seeds_select_the_runs_analysed(trained_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    main([str(trained_runs), "--out", str(tmp_path), "--seeds", "1,2", "--no-write-runs"])  # the runs are seed 0
+    assert json.loads((tmp_path / "subspace_analysis.json").read_text()) == {}
+    with pytest.raises(SystemExit):
+        main([str(trained_runs), "--seeds", "zero"])
+    assert "not a comma-separated list of seeds" in capsys.readouterr().err
+
+
 def test_command_errors_are_one_paragraph(tmp_path: Path, capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path)])
