@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 runs=docs/cpu_study/runs
 out=docs/cpu_study
 python -m subspace_tuning.study "$runs/lr_search" --lr-search --out "$out" > /dev/null
-python -m subspace_tuning.analyze "$runs/study" --no-write-runs --figures --out "$out" > /dev/null
+python -m subspace_tuning.analyze "$runs/study" --seeds 0 --no-write-runs --figures --out "$out" > /dev/null
 python -m subspace_tuning.study "$runs/study" --out "$out" --readme "$out/README.md"
