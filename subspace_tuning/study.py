@@ -392,14 +392,14 @@ def learned(run: RunRecord) -> bool:
 
 
 def lr_search(runs: list[RunRecord]) -> dict[str, Any]:
-    """The lr search's choice per method (study order), by its one rule (docs/cpu_study/README.md).
+    """The lr search's choice per method (study order) and task, by its one rule (docs/cpu_study/README.md).
 
     The search task is the one with the most runs; every other task is a check. Per method, the search task's
-    held-out score at every lr (``optim.lr`` in the run's variant) ranks the lrs (a tie goes to the smaller) and
-    lrs at which the method predicted one class are dropped; the chosen lr is the best-ranked one at which the
-    method also learned on every check task (``learned``). ``pending``: the lr whose check has not run yet (no
-    choice until it has); ``edge``: the choice is an end of the grid the method ran, so the rule asks for the next
-    half-decade step past it."""
+    held-out score at every lr (``optim.lr`` in the run's variant) ranks the lrs (a tie goes to the smaller). For
+    each task, the chosen lr is the best-ranked one at which the method learned on that task's held-out rows
+    (``learned``; on the search task that is its best lr that learned at all). ``pending``: (task, lr) of a check
+    that has not run yet (no choice for that task until it has); ``edge``: the search task's choice is an end of
+    the grid the method ran, so the rule asks for the next half-decade step past it."""
     results: dict[str, dict[str, dict[float, RunRecord]]] = {}
     for run in runs:
         lr = dict(run.key.variant).get("optim.lr")
@@ -409,57 +409,64 @@ def lr_search(runs: list[RunRecord]) -> dict[str, Any]:
         raise StudyError("no completed run with an optim.lr setting found: give the search's folder "
                          "(python train.py -m experiment=cpu_study_lr_search writes outputs/cpu_study_lr_search)")
     search_task = max(results, key=lambda task: sum(map(len, results[task].values())))
-    checks = {task: by_method for task, by_method in results.items() if task != search_task}
+    checks = sorted(task for task in results if task != search_task)
     order = [spec.method for spec in STUDY_ROWS]
     methods = {}
     for method in sorted(results[search_task], key=lambda m: (order.index(m) if m in order else len(order), m)):
         grid = results[search_task][method]
         lrs = sorted(grid)
-        chosen = pending = None
-        ranked = sorted((lr for lr in lrs if not grid[lr].degenerate(False)), key=lambda lr: (-grid[lr].best, lr))
-        for lr in ranked:
-            checked = [by_method.get(method, {}).get(lr) for by_method in checks.values()]
-            if None in checked:
-                pending = lr
-                break
-            if all(learned(run) for run in checked):
-                chosen = lr
-                break
+        ranked = sorted(lrs, key=lambda lr: (-grid[lr].best, lr))
+        chosen: dict[str, float | None] = {}
+        pending = []
+        for task in [search_task, *checks]:
+            chosen[task] = None
+            for lr in ranked:
+                run = results[task].get(method, {}).get(lr)
+                if run is None:
+                    pending.append((task, lr))
+                    break
+                if learned(run):
+                    chosen[task] = lr
+                    break
+        first = chosen[search_task]
         methods[method] = {"label": RowKey(method, None, "none").label, "chosen": chosen, "pending": pending,
-                           "edge": chosen is not None and len(lrs) > 1 and chosen in (lrs[0], lrs[-1]),
+                           "edge": first is not None and len(lrs) > 1 and first in (lrs[0], lrs[-1]),
                            "scores": {repr(lr): grid[lr].best for lr in lrs},
                            "degenerate": [repr(lr) for lr in lrs if grid[lr].degenerate(False)],
                            "checks": {task: {repr(lr): {"score": run.best, "degenerate": run.degenerate(False)}
-                                             for lr, run in sorted(by_method.get(method, {}).items())}
-                                      for task, by_method in checks.items()}}
-    return {"task": search_task, "check_tasks": sorted(checks), "lrs": sorted({lr for by_lr in
+                                             for lr, run in sorted(results[task].get(method, {}).items())}
+                                      for task in checks}}
+    return {"task": search_task, "check_tasks": checks, "lrs": sorted({lr for by_lr in
             results[search_task].values() for lr in by_lr}), "methods": methods}
 
 
 def lr_search_markdown(result: dict[str, Any]) -> str:
-    """The search as a table: held-out score (points) per method and lr on the search task, the chosen one in
-    bold, one-class runs marked; then each check task's runs and the choice."""
+    """The search as a table: held-out score (points) per method and lr on the search task, its choice in bold,
+    one-class runs marked; then each check task's runs; then the chosen lr per task."""
     lrs = [repr(lr) for lr in result["lrs"]]
+    tasks = [result["task"], *result["check_tasks"]]
 
     def cell(entry: dict[str, Any], lr: str) -> str:
         if lr not in entry["scores"]:
             return "–"
         text = _num(entry["scores"][lr]) + (" (one class)" if lr in entry["degenerate"] else "")
-        return f"**{text}**" if entry["chosen"] is not None and float(lr) == entry["chosen"] else text
+        return f"**{text}**" if entry["chosen"][result["task"]] == float(lr) else text
 
     def check(runs_at: dict[str, dict[str, Any]]) -> str:
         return "; ".join(f"{float(lr):g}: " + ("constant" if r["degenerate"] else _num(r["score"]))
                          for lr, r in runs_at.items()) or "–"
 
-    def choice(entry: dict[str, Any]) -> str:
-        if entry["chosen"] is None:
-            return f"pending: check {entry['pending']:g}" if entry["pending"] is not None else "none learns"
-        return f"{entry['chosen']:g}" + (" (grid edge)" if entry["edge"] else "")
+    def choice(entry: dict[str, Any], task: str) -> str:
+        lr = entry["chosen"][task]
+        if lr is None:
+            waiting = [p for t, p in entry["pending"] if t == task]
+            return f"pending: {waiting[0]:g}" if waiting else "none learns"
+        return f"{lr:g}" + (" (grid edge)" if task == result["task"] and entry["edge"] else "")
 
     lines = [[entry["label"], *(cell(entry, lr) for lr in lrs),
-              *(check(entry["checks"][task]) for task in result["check_tasks"]), choice(entry)]
-             for entry in result["methods"].values()]
-    header = ["Method", *lrs, *(f"check: {task}" for task in result["check_tasks"]), "Chosen lr"]
+              *(check(entry["checks"][task]) for task in result["check_tasks"]),
+              *(choice(entry, task) for task in tasks)] for entry in result["methods"].values()]
+    header = ["Method", *lrs, *(f"{task} held-out" for task in result["check_tasks"]), *(f"lr: {t}" for t in tasks)]
     return "\n".join(_table(header, lines)) + "\n"
 
 
@@ -473,17 +480,15 @@ def half_decade(lr: float, up: bool) -> float:
 
 
 def next_runs(result: dict[str, Any]) -> list[str]:
-    """The runs the rule still needs, as command lines: a check of a pending lr, a step past a grid edge."""
+    """The runs the rule still needs, as command lines: a pending check, a step past a grid edge."""
     needed: dict[str, list[str]] = {}
     for method, entry in result["methods"].items():
-        if entry["pending"] is not None:
-            for task in result["check_tasks"]:
-                if repr(entry["pending"]) not in entry["checks"][task]:
-                    needed.setdefault(task, []).append(f"method={method} optim.lr={entry['pending']:g}")
-        elif entry["edge"]:
-            up = entry["chosen"] == max(map(float, entry["scores"]))
-            needed.setdefault(result["task"], []).append(
-                f"method={method} optim.lr={half_decade(entry['chosen'], up):g}")
+        for task, lr in entry["pending"]:
+            needed.setdefault(task, []).append(f"method={method} optim.lr={lr:g}")
+        if entry["edge"]:
+            first = entry["chosen"][result["task"]]
+            up = first == max(map(float, entry["scores"]))
+            needed.setdefault(result["task"], []).append(f"method={method} optim.lr={half_decade(first, up):g}")
     return [f"python train.py -m experiment=cpu_study_lr_search hydra.sweeper.params.task={task} "
             f"\"hydra.sweeper.rows=[{','.join(repr(row) for row in rows)}]\"" for task, rows in needed.items()]
 

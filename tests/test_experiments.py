@@ -97,16 +97,21 @@ def test_cpu_study_holds_the_issue_rows_the_study_compares():
 
 
 def test_cpu_study_lrs_are_the_committed_searchs_choice():
+    from subspace_tuning.config import compose
     from subspace_tuning.results import find_runs
     from subspace_tuning.study import STUDY_ROWS, lr_search
 
     result = lr_search(find_runs([REPO / "docs" / "cpu_study" / "runs" / "lr_search"]))
-    search = result["methods"]
     assert (result["task"], result["check_tasks"]) == ("sst2", ["stsb"])
-    assert not [method for method, entry in search.items() if entry["edge"] or entry["chosen"] is None]
+    search = result["methods"]
     assert set(search) == {row.method for row in STUDY_ROWS}
-    by_method = OmegaConf.load(CONF_DIR / "experiment" / "cpu_study.yaml").optim.lr_by_method
-    assert dict(by_method) == {method: entry["chosen"] for method, entry in search.items()}
+    assert not [method for method, entry in search.items() if entry["edge"] or entry["pending"]]
+    study_lr = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "experiment" / "cpu_study.yaml").study_lr)
+    assert study_lr == {task: {method: entry["chosen"][task] for method, entry in search.items()}
+                        for task in ("sst2", "stsb")}
+    for row in STUDY_ROWS:  # what a run of the study trains with
+        cfg = compose(["experiment=cpu_study", "task=stsb", f"method={row.method}", f"mpc={row.mpc}"])
+        assert cfg.optim.lr == study_lr["stsb"][row.method]
 
 
 def test_cpu_study_two_run_smoke_then_the_study_tables(tmp_path):

@@ -17,7 +17,6 @@ from subspace_tuning.study import (
     collect,
     combine,
     fill_readme,
-    half_decade,
     lr_search,
     lr_search_markdown,
     main,
@@ -196,7 +195,7 @@ def test_a_missing_folder_is_one_error(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 # --- the lr search, committed results, the README ------------------------------------------------------
-def test_lr_search_takes_the_best_held_out_score_that_learns_on_the_check_task(tmp_path: Path) -> None:
+def test_lr_search_takes_per_task_the_best_held_out_lr_that_learns_there(tmp_path: Path) -> None:
     for lr, lora, ia3 in (("0.0001", 80.0, 60.0), ("0.001", 85.0, 70.0), ("0.01", 85.0, 75.0), ("0.1", 50.0, 50.0)):
         write_run(tmp_path, "sst2", "lora", 8, "none", 0, best=lora / 100, variant={"optim.lr": lr})
         write_run(tmp_path, "sst2", "ia3", None, "none", 0, best=ia3 / 100, variant={"optim.lr": lr})
@@ -205,8 +204,11 @@ def test_lr_search_takes_the_best_held_out_score_that_learns_on_the_check_task(t
     result = lr_search(find_runs([tmp_path]))
     assert (result["task"], result["check_tasks"], list(result["methods"])) == ("sst2", ["stsb"], ["ia3", "lora"])
     ia3, lora = result["methods"]["ia3"], result["methods"]["lora"]
-    assert ia3["chosen"] == 0.01 and not ia3["edge"]
-    assert lora["chosen"] is None and lora["pending"] == 0.001  # a tie (85 at 1e-3, 1e-2): the smaller lr first
+    assert ia3["chosen"] == {"sst2": 0.01, "stsb": 0.01} and not ia3["edge"] and not ia3["pending"]
+    # the search task's own choice stands; a tie (85 at 1e-3 and 1e-2) goes to the smaller lr
+    assert lora["chosen"] == {"sst2": 0.001, "stsb": None} and lora["pending"] == [("stsb", 0.001)]
+    assert next_runs(result) == ["python train.py -m experiment=cpu_study_lr_search hydra.sweeper.params.task=stsb "
+                                 "\"hydra.sweeper.rows=['method=lora optim.lr=0.001']\""]
 
     def check(lr: str, pearson: float, degenerate: bool = False) -> None:
         path = write_run(tmp_path, "stsb", "lora", 8, "none", 0, best=pearson / 100, variant={"optim.lr": lr})
@@ -216,29 +218,15 @@ def test_lr_search_takes_the_best_held_out_score_that_learns_on_the_check_task(t
             path.write_text(json.dumps(data))
 
     check("0.001", 40.0, degenerate=True)  # constant on the check task: the next-ranked lr is the candidate
-    assert lr_search(find_runs([tmp_path]))["methods"]["lora"]["pending"] == 0.01
+    assert lr_search(find_runs([tmp_path]))["methods"]["lora"]["pending"] == [("stsb", 0.01)]
     check("0.01", 25.0)  # not constant, but below the study's margin (30 of Pearson): not learned either
-    assert lr_search(find_runs([tmp_path]))["methods"]["lora"]["pending"] == 0.0001
+    assert lr_search(find_runs([tmp_path]))["methods"]["lora"]["pending"] == [("stsb", 0.0001)]
     check("0.0001", 50.0)
     result = lr_search(find_runs([tmp_path]))
-    lora = result["methods"]["lora"]
-    assert lora["chosen"] == 0.0001 and lora["edge"] and lora["pending"] is None  # the grid's low end
+    assert result["methods"]["lora"]["chosen"] == {"sst2": 0.001, "stsb": 0.0001}
     table = lr_search_markdown(result)
-    assert "**80.00**" in table and "0.0001: 50.00; 0.001: constant; 0.01: 25.00" in table
+    assert "**85.00**" in table and "0.0001: 50.00; 0.001: constant; 0.01: 25.00" in table
     assert "99" not in table  # a failed run has no score
-
-
-def test_lr_search_flags_a_choice_at_the_grid_edge(tmp_path: Path) -> None:
-    for lr, score in (("0.001", 60.0), ("0.01", 70.0)):
-        write_run(tmp_path, "sst2", "ssb", None, "none", 0, best=score / 100, variant={"optim.lr": lr})
-    entry = lr_search(find_runs([tmp_path]))["methods"]["ssb"]
-    assert entry["chosen"] == 0.01 and entry["edge"]  # best at the top: the rule extends the grid
-    assert next_runs(lr_search(find_runs([tmp_path]))) == [
-        "python train.py -m experiment=cpu_study_lr_search hydra.sweeper.params.task=sst2 "
-        "\"hydra.sweeper.rows=['method=ssb optim.lr=0.03']\""]
-    assert [half_decade(lr, True) for lr in (1e-2, 3e-2, 1e-4)] == [3e-2, 1e-1, 3e-4]
-    assert [half_decade(lr, False) for lr in (3e-5, 1e-4, 1e-2)] == [1e-5, 3e-5, 3e-3]
-    assert "0.01 (grid edge)" in lr_search_markdown(lr_search(find_runs([tmp_path])))
 
 
 def test_lr_search_without_lr_runs_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
