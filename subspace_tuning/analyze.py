@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli import ArgumentParser, fail
+from .cli import ArgumentParser, fail, non_negative_int_set
 from .errors import NotMergeableError, SubspaceTuningError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that --help and usage errors answer at once
@@ -407,20 +407,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--figures", action="store_true", help="one PNG bar chart of share(r) per model and task")
     parser.add_argument("--no-write-runs", action="store_true", help="do not write each run's analysis.json / .md")
     parser.add_argument("--recompute", action="store_true", help="analyse runs that already have analysis.json")
-    parser.add_argument("--seeds", type=seed_list, default=None, help="only the runs of these seeds, e.g. 0 or 0,1 "
-                        "(each run's analysis costs about a model load and an SVD per matrix)")
+    parser.add_argument("--seeds", type=non_negative_int_set, default=None, help="only the runs of these seeds, "
+                        "e.g. 0 or 0,1 (each run's analysis costs about a model load and an SVD per matrix)")
     return parser.parse_args(argv)
-
-
-def seed_list(text: str) -> set[int]:
-    """'0,1' -> {0, 1}; anything else is argparse's one-line usage error."""
-    try:
-        seeds = {int(part) for part in text.split(",")}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of seeds, e.g. 0 or 0,1") from None
-    if any(seed < 0 for seed in seeds):
-        raise argparse.ArgumentTypeError(f"{text!r}: seeds are >= 0")
-    return seeds
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,6 +62,15 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_int_set(text: str) -> set[int]:
+    """An argparse type: comma-separated integers >= 0 ('0,1' -> {0, 1}), e.g. seeds."""
+    try:
+        return {non_negative_int(part) for part in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of seeds (integers >= 0), "
+                                         "e.g. 0 or 0,1") from None
+
+
 class _StoreOnce(argparse.Action):
     """argparse's plain store, except that an option given twice is a usage error: the later value silently
     winning hides a typo in a long command line."""
