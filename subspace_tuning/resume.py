@@ -6,7 +6,11 @@
   configurations that differ on the command line therefore never share a folder.
 - The fingerprint hashes the resolved configuration minus the settings that cannot change a result
   (progress bars, logging cadence, cache and output locations), plus a hash of the data's content. A rank
-  given to a rank-free method is not part of it, so ``-m method=ia3 rank=2,8`` is one run.
+  given to a rank-free method is not part of it, so ``-m method=ia3 rank=2,8`` is one run. Lookup tables (an
+  experiment's per-task or per-method values) are not part of it either: the values a run resolves from them
+  are, so a new entry for another method leaves every recorded run its own.
+- A recorded run is judged by the rules of the running version: its saved ``config.yaml`` and data hash are
+  fingerprinted again, so a run recorded before a rule changed is still found complete.
 - A completed run is skipped; a folder holding a completed run of a *different* configuration is never
   overwritten: the run stops with a message naming the settings that differ. When only the data changed,
   the old run is moved aside (``<folder>.superseded-<time>``) and the run starts again on the new data.
@@ -14,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -26,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import ConfigError
+from .paths import CONF_DIR
 
 # The settings in the readable part of the folder (as command-line override keys). ``experiment`` and
 # ``hparams_search`` name the first level (their experiment_name), not a variant: a search's trials differ by
@@ -44,6 +50,10 @@ COSMETIC = frozenset({"train.progress", "train.log_every", "train.threads", "tra
 # ``train.early_stopping_patience`` where training ends; ``train.compile`` the numbers (inductor's dropout draws
 # other random masks than eager's, so a compiled run is not the eager run of the same seed).
 NEUTRAL = {"train.grad_accum_steps": 1, "train.early_stopping_patience": None, "train.compile": False}
+# Lookup tables read only through another setting's interpolation (``optim.lr`` resolves its method's entry of
+# ``optim.lr_by_method``); the identity holds what they resolve to. Top-level keys outside conf/config.yaml and its
+# config groups (an experiment's ``study_lr``, ``study_budget``) are lookup tables too: no code reads them.
+LOOKUPS = frozenset({"optim.lr_by_method"})
 log = logging.getLogger("subspace_tuning")
 SUPERSEDED = ".superseded-"  # suffix of a run folder moved aside because its data changed
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
@@ -109,18 +119,28 @@ def uses_rank(method_name: str) -> bool:
         return True
 
 
+@functools.cache
+def setting_roots() -> frozenset[str]:
+    """The top-level keys a run reads: those of conf/config.yaml and the names of its config groups."""
+    primary = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml"))
+    groups = {name for entry in primary.get("defaults", []) if isinstance(entry, dict) for name in entry}
+    return frozenset((primary.keys() | groups) - {"defaults", "hydra"})
+
+
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The resolved settings that can change a result (the fingerprint's input, minus the data hash)."""
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.pop("hydra", None)  # a sweeper sees the hydra node, the job does not
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in COSMETIC | NEUTRAL.keys():
+    for key in resolved.keys() - setting_roots():
+        resolved.pop(key)
+    for dotted in COSMETIC | LOOKUPS | NEUTRAL.keys():
         *parents, leaf = dotted.split(".")
         node = resolved
         for key in parents:
             node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict) and (dotted in COSMETIC or node.get(leaf, NEUTRAL[dotted]) == NEUTRAL[dotted]):
+        if isinstance(node, dict) and (dotted not in NEUTRAL or node.get(leaf, NEUTRAL[dotted]) == NEUTRAL[dotted]):
             node.pop(leaf, None)
     if not uses_rank(str(resolved.get("method", {}).get("name"))):
         resolved["rank"] = None
@@ -138,9 +158,31 @@ def data_digest(cfg: DictConfig) -> str:
         return "unreadable"
 
 
-def config_fingerprint(cfg: DictConfig) -> str:
-    record = {"config": identity(cfg), "data": data_digest(cfg)}
+def hash_identity(settings: dict[str, Any], data: str) -> str:
+    record = {"config": settings, "data": data}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    return hash_identity(identity(cfg), data_digest(cfg))
+
+
+def saved_identity(folder: Path) -> dict[str, Any] | None:
+    """The identity, by this version's rules, of the configuration saved in ``folder/config.yaml`` (None when it
+    cannot be read or resolved)."""
+    try:
+        return identity(OmegaConf.load(folder / "config.yaml"))
+    except Exception:  # noqa: BLE001 - an unreadable or unresolvable old config is "unknown", reported by the caller
+        return None
+
+
+def is_this_configuration(folder: Path, record: dict[str, Any], wanted: str) -> bool:
+    """Whether the run recorded in ``folder`` is of the configuration fingerprinted ``wanted``: by the fingerprint
+    it recorded, or else by its saved config and data hash fingerprinted again under this version's rules."""
+    if record.get("config_fingerprint") == wanted:
+        return True
+    saved = saved_identity(folder)
+    return saved is not None and hash_identity(saved, str(record.get("data_fingerprint"))) == wanted
 
 
 def load_record(folder: Path) -> dict[str, Any] | None:
@@ -169,7 +211,7 @@ def completed_metrics(folder: Path, fingerprint: str) -> dict[str, Any] | None:
     """The metrics of a completed run of this exact configuration in ``folder``, else None (reads only: data-parallel
     followers and the sweeper call it, and only the run's owner moves files)."""
     record = load_record(folder)
-    if record is not None and record["status"] == "completed" and record.get("config_fingerprint") == fingerprint:
+    if record is not None and record["status"] == "completed" and is_this_configuration(folder, record, fingerprint):
         return record
     return None
 
@@ -197,14 +239,9 @@ def claim_folder(folder: Path, cfg: DictConfig, fingerprint: str) -> dict[str, A
     record = read_record(folder)
     if record is None or record.get("status") != "completed":
         return None
-    if record.get("config_fingerprint") == fingerprint:
+    if is_this_configuration(folder, record, fingerprint):
         return record
-    previous = {}
-    try:
-        previous = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=False)
-    except Exception:  # noqa: BLE001 - an unreadable old config only makes the message less specific
-        pass
-    old_identity = identity(OmegaConf.create(previous)) if previous else {}
+    old_identity = saved_identity(folder) or {}
     changed = differences(old_identity, identity(cfg)) if old_identity else []
     data_changed = record.get("data_fingerprint") not in (None, data_digest(cfg))
     if old_identity and not changed and data_changed:

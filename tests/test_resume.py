@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import QUICK, kill_after_step, run_in_process, train_py
 
 from subspace_tuning.config import compose
 from subspace_tuning.errors import ConfigError
+from subspace_tuning.resume import completed_metrics, config_fingerprint
 from subspace_tuning.train import CHECKPOINT, train_or_skip
 
 SHORT = ["optim.lr=1e-2", "data.max_train_samples=64", "train.batch_size=16", "train.epochs=3"]
@@ -47,6 +50,31 @@ def test_completed_run_is_skipped_and_changed_config_reruns(tmp_path, monkeypatc
                                "optim.lr=1e-4"])
     with pytest.raises(ConfigError, match=r"different configuration \(it differs in: optim.lr 0.001 -> 0.0001\)"):
         train_or_skip(changed, tmp_path / "run")  # never overwritten
+
+
+def test_a_run_is_the_values_it_resolves_and_keeps_them_across_fingerprint_rules(tmp_path, monkeypatch):
+    """A lookup table's entries for other methods or tasks (an experiment's per-method lr, its own top-level tables)
+    are not part of a run; the value the run resolves is. A run recorded under an older fingerprint rule is found
+    complete by fingerprinting its saved config again."""
+    base = QUICK + [f"data.cache_dir={tmp_path / 'cache'}", "method=lora", "train.max_steps=2"]
+    folder = tmp_path / "run"
+    first = train_or_skip(compose(base + ["+optim.lr_by_method.lora=2e-3"]), folder)
+    assert first["status"] == "completed"
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr("subspace_tuning.train.train", must_not_train)
+    grown = compose(base + ["+optim.lr_by_method.lora=2e-3", "+optim.lr_by_method.dora=5e-4",
+                            "+study_table.rte.lora=0.1"])
+    assert train_or_skip(grown, folder) == first
+    record = json.loads((folder / "metrics.json").read_text())
+    record["config_fingerprint"] = "0" * 16  # what an older rule would have recorded
+    (folder / "metrics.json").write_text(json.dumps(record))
+    assert completed_metrics(folder, config_fingerprint(grown)) == record
+    assert train_or_skip(grown, folder) == record
+    with pytest.raises(ConfigError, match=r"it differs in: optim.lr 0.002 -> 0.0001\)"):
+        train_or_skip(compose(base + ["+optim.lr_by_method.lora=1e-4"]), folder)
 
 
 def test_relaunched_sweep_runs_only_what_is_missing(tmp_path):
