@@ -35,6 +35,7 @@ from .toy_data import GENERATORS
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the tokenised layout changes
+SUBSET_SHARE = 0.25  # a run using at most this share of its task's rows tokenises only them, uncached (run_rows)
 
 
 @dataclass
@@ -43,6 +44,12 @@ class Examples:
 
     texts: list[tuple[str, ...]]
     labels: list[int] | list[float]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, indices: Any) -> Examples:
+        return Examples([self.texts[i] for i in indices], [self.labels[i] for i in indices])
 
 
 def data_source(task: DictConfig) -> str:
@@ -379,6 +386,18 @@ def _load_cached(path: Path, splits: list[str]) -> DatasetDict | None:
     return None
 
 
+def write_cache(path: Path, dataset: DatasetDict) -> DatasetDict:
+    """``dataset`` saved as the cache entry ``path`` (atomically) and read back from it."""
+    disable_progress_bars()  # 'Saving the dataset' bars for a cache write are noise
+    staging = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    dataset.save_to_disk(str(staging))
+    try:
+        staging.rename(path)  # atomic: a half-written cache entry is never picked up
+    except OSError:  # another process cached the same split first
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_from_disk(str(path))
+
+
 def load_tokenized(task: DictConfig, tokenizer: Tokenizer, max_length: int,
                    cache_dir: str | os.PathLike | None) -> tuple[DatasetDict, bool]:
     """Tokenised splits and whether they came from the cache."""
@@ -388,38 +407,30 @@ def load_tokenized(task: DictConfig, tokenizer: Tokenizer, max_length: int,
     cached = _load_cached(path, list(task.splits))
     if cached is not None:
         return cached, True
-    dataset = tokenize(read_examples(task), tokenizer, max_length)
-    disable_progress_bars()  # 'Saving the dataset' bars for a cache write are noise
-    staging = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    dataset.save_to_disk(str(staging))
-    try:
-        staging.rename(path)  # atomic: a half-written cache entry is never picked up
-    except OSError:  # another process cached the same split first
-        shutil.rmtree(staging, ignore_errors=True)
-    return load_from_disk(str(path)), False
+    return write_cache(path, tokenize(read_examples(task), tokenizer, max_length)), False
 
 
 # --- loaders ----------------------------------------------------------------------------------
-def train_subset(dataset: Dataset, max_samples: int | None) -> Dataset:
-    """A fixed random subset (seed 0, the same for every run and seed) so quick runs stay comparable."""
-    if max_samples is None or max_samples >= len(dataset):
-        return dataset
-    return dataset.shuffle(seed=0).select(range(max_samples))
+def subset_rows(size: int, max_samples: int | None, heldout: int | None = None) -> tuple[Any, Any]:
+    """Indices into a training split of ``size`` rows: (the rows a run trains on, the held-out rows or None).
 
-
-def split_heldout(dataset: Dataset, max_samples: int | None, heldout: int) -> tuple[Dataset, Dataset]:
-    """The training subset and ``heldout`` rows never trained on: the tail of the same seed-0 shuffle
-    ``train_subset`` draws from, so the training rows are those of the run without a held-out part (as long as
-    ``max_samples`` leaves ``heldout`` rows over) and a hyper-parameter search on them never sees the dev set."""
-    if heldout >= len(dataset):
-        raise ConfigError(f"data.heldout_samples={heldout}: the training split has only {len(dataset)} rows, so "
+    The training rows are a fixed random subset (the first ``max_samples`` of the seed-0 permutation, which is
+    ``datasets``' ``Dataset.shuffle(seed=0)``; the same for every run and seed, so quick runs stay comparable), or
+    every row in file order. Held-out rows are the tail of the same permutation, so the training rows are those of
+    the run without a held-out part (as long as ``max_samples`` leaves ``heldout`` rows over) and a
+    hyper-parameter search on them never sees the dev set."""
+    if heldout is None:
+        if max_samples is None or max_samples >= size:
+            return range(size), None
+        return np.random.default_rng(0).permutation(size)[:max_samples], None
+    if heldout >= size:
+        raise ConfigError(f"data.heldout_samples={heldout}: the training split has only {size} rows, so "
                           "nothing would be left to train on; hold out fewer")
-    shuffled, pool = dataset.shuffle(seed=0), len(dataset) - heldout
+    order, pool = np.random.default_rng(0).permutation(size), size - heldout
     if max_samples is not None and max_samples > pool:
         raise ConfigError(f"data.max_train_samples={max_samples} with data.heldout_samples={heldout}: the training "
-                          f"split has {len(dataset)} rows, so at most {pool} can train beside the held-out ones")
-    size = pool if max_samples is None else max_samples
-    return shuffled.select(range(size)), shuffled.select(range(pool, len(dataset)))
+                          f"split has {size} rows, so at most {pool} can train beside the held-out ones")
+    return order[:pool if max_samples is None else max_samples], order[pool:]
 
 
 def eval_subset(dataset: Dataset, max_samples: int | None) -> Dataset:
@@ -484,25 +495,62 @@ def subset_size(data_cfg: DictConfig, key: str) -> int | None:
     return value
 
 
+def pick_rows(splits: dict[str, Any], task: DictConfig, data_cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+    """(training rows, {evaluation split: rows}) of a run, from whole splits (``Examples`` or ``Dataset``): the
+    training rows of ``subset_rows``; the first ``data.max_eval_samples`` rows of each dev split, or the held-out
+    training rows (split "heldout"), which replace the dev splits (a search that never sees them:
+    docs/cpu_study/README.md)."""
+    max_train, max_eval = subset_size(data_cfg, "max_train_samples"), subset_size(data_cfg, "max_eval_samples")
+    whole = splits["train"]
+    rows, held = subset_rows(len(whole), max_train, subset_size(data_cfg, "heldout_samples"))
+    train = whole if isinstance(rows, range) else whole.select(rows)
+    if held is not None:
+        return train, {"heldout": whole.select(held)}
+    dev = {split: splits[split] for split in task.splits if split != "train"}
+    return train, {split: rows if max_eval is None or max_eval >= len(rows) else rows.select(range(max_eval))
+                   for split, rows in dev.items()}
+
+
+def check_not_empty(task: DictConfig, splits: dict[str, Any]) -> None:
+    empty = [split for split, rows in splits.items() if len(rows) == 0]
+    if empty:
+        raise DataError(f"task {task.name}: split {', '.join(empty)} has no examples; check the data source")
+
+
+def run_rows(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[Dataset, dict[str, Dataset]]:
+    """The tokenised rows of a run (``pick_rows``). A run that uses at most ``SUBSET_SHARE`` of its task's rows
+    tokenises only those (a second or two); otherwise the whole task is tokenised once into the cache, which later
+    runs read (a cache entry already there is always read)."""
+    task, max_length = cfg.task, int(cfg.data.max_length)
+    if "train" not in task.splits:
+        raise ConfigError(f"task {task.name} has no 'train' split in task.splits")
+    for key in ("max_train_samples", "max_eval_samples", "heldout_samples"):
+        subset_size(cfg.data, key)  # a bad subset size stops before any data is read
+    path = None if cfg.data.cache_dir is None else Path(cfg.data.cache_dir) / cache_key(task, tokenizer, max_length)
+    whole = _load_cached(path, list(task.splits)) if path is not None else None
+    how = "cached"
+    if whole is None:
+        examples = read_examples(task)
+        check_not_empty(task, examples)
+        train, evals = pick_rows(examples, task, cfg.data)
+        used, total = len(train) + sum(map(len, evals.values())), sum(map(len, examples.values()))
+        if path is None or used <= SUBSET_SHARE * total:
+            tokenised = tokenize({"train": train, **evals}, tokenizer, max_length)
+            log.info("data: %s (tokenised only the %d rows this run uses)", {s: len(e) for s, e in examples.items()},
+                     used)
+            return tokenised["train"], {split: tokenised[split] for split in evals}
+        whole, how = write_cache(path, tokenize(examples, tokenizer, max_length)), "tokenised"
+    log.info("data: %s (%s)", {s: len(d) for s, d in whole.items()}, how)
+    check_not_empty(task, whole)
+    return pick_rows(whole, task, cfg.data)
+
+
 def build_dataloaders(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[DataLoader, dict[str, DataLoader]]:
     """The training loader and one evaluation loader per evaluation split, dynamically padded."""
-    if "train" not in cfg.task.splits:
-        raise ConfigError(f"task {cfg.task.name} has no 'train' split in task.splits")
-    max_train, max_eval = subset_size(cfg.data, "max_train_samples"), subset_size(cfg.data, "max_eval_samples")
-    dataset, cached = load_tokenized(cfg.task, tokenizer, int(cfg.data.max_length), cfg.data.cache_dir)
-    log.info("data: %s (%s)", {s: len(d) for s, d in dataset.items()}, "cached" if cached else "tokenised")
-    empty = [split for split, rows in dataset.items() if len(rows) == 0]
-    if empty:
-        raise DataError(f"task {cfg.task.name}: split {', '.join(empty)} has no examples; check the data source")
-    dataset = DatasetDict({split: model_inputs(rows, cfg.model) for split, rows in dataset.items()})
+    train, eval_splits = run_rows(cfg, tokenizer)
+    train = model_inputs(train, cfg.model)
+    eval_splits = {split: model_inputs(rows, cfg.model) for split, rows in eval_splits.items()}
     collate = DataCollatorWithPadding(tokenizer)
-    heldout = subset_size(cfg.data, "heldout_samples")
-    if heldout is None:
-        train, eval_splits = train_subset(dataset["train"], max_train), {
-            split: dataset[split] for split in cfg.task.splits if split != "train"}
-    else:  # the held-out rows replace the dev splits: a search that never sees them (docs/cpu_study/README.md)
-        train, held = split_heldout(dataset["train"], max_train, heldout)
-        eval_splits = {"heldout": held}
     generator = torch.Generator().manual_seed(int(cfg.seed))
     batch_size = int(cfg.train.batch_size)
     order: dict[str, Any] = {"shuffle": True, "generator": generator}
@@ -513,7 +561,7 @@ def build_dataloaders(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[DataLoader
                               pin_memory=pin, **order)
     train_loader.generator = generator  # the data order's RNG, saved in checkpoints (shuffled or grouped)
     eval_loaders = {
-        split: DataLoader(eval_subset(rows, max_eval),
+        split: DataLoader(eval_subset(rows, None),
                           batch_size=int(cfg.train.eval_batch_size), collate_fn=collate, pin_memory=pin)
         for split, rows in eval_splits.items()
     }

@@ -13,27 +13,39 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from .errors import ConfigError, choices_message
 
+# scipy and scikit-learn are imported where a metric needs them: about a second of every run's start-up otherwise,
+# and accuracy needs neither.
 
-def _correlation(fn: Callable) -> Callable[[np.ndarray, np.ndarray], float]:
+
+def _correlation(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
     def score(predictions: np.ndarray, labels: np.ndarray) -> float:
+        import scipy.stats
+
         if np.std(predictions) == 0 or np.std(labels) == 0:
             return 0.0  # undefined for constant input; a collapsed model scores 0, not NaN
-        return float(fn(predictions, labels)[0])
+        return float(getattr(scipy.stats, name)(predictions, labels)[0])
+
+    return score
+
+
+def _sklearn(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    def score(predictions: np.ndarray, labels: np.ndarray) -> float:
+        import sklearn.metrics
+
+        return float(getattr(sklearn.metrics, name)(labels, predictions))
 
     return score
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": lambda p, y: float(accuracy_score(y, p)),
-    "f1": lambda p, y: float(f1_score(y, p)),
-    "matthews": lambda p, y: float(matthews_corrcoef(y, p)),
-    "pearson": _correlation(pearsonr),
-    "spearman": _correlation(spearmanr),
+    "accuracy": lambda p, y: float(np.mean(np.asarray(p) == np.asarray(y))),
+    "f1": _sklearn("f1_score"),
+    "matthews": _sklearn("matthews_corrcoef"),
+    "pearson": _correlation("pearsonr"),
+    "spearman": _correlation("spearmanr"),
 }
 
 

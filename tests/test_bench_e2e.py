@@ -21,7 +21,8 @@ def quick_args(tmp_path, *extra: str):
 
 def test_quick_run_writes_both_sides_with_every_phase(tmp_path, capsys):
     out = tmp_path / "e2e.json"
-    result = e2e.main(["--quick", "--pairs", "1", "--work-dir", str(tmp_path / "work"), "--json", str(out)])
+    result = e2e.main(["--quick", "--pairs", "1", "--work-dir", str(tmp_path / "work"), "--json", str(out),
+                       "--length-grouping", "both"])  # the Trainer's length-grouped sampler runs too
     assert json.loads(out.read_text())["rows"] == result["rows"]
     rows = result["rows"]
     assert [(r["side"], r["pair"], r["order"]) for r in rows] == [("ours", 1, 0), ("peer", 1, 1)]
@@ -101,6 +102,15 @@ def test_both_sides_get_the_same_settings_rows_and_order(tmp_path):
     ours_dev = next(iter(eval_loaders.values())).dataset
     assert dev["input_ids"] == ours_dev["input_ids"] and dev["labels"] == ours_dev["labels"]
     assert set(train.column_names) == set(train_loader.dataset.column_names)
+
+
+@pytest.mark.parametrize("grouping, ours, peer", [("ours", True, False), ("both", True, True), ("none", False, False)])
+def test_length_grouping_says_which_side_groups_its_batches(tmp_path, grouping, ours, peer):
+    from subspace_tuning.config import compose
+
+    (job,) = e2e.build_jobs(quick_args(tmp_path, "--length-grouping", grouping))
+    assert compose(job.overrides).data.group_by_length is ours and job.peer["ours_group_by_length"] is ours
+    assert job.peer["group_by_length"] is peer
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -102,7 +102,8 @@ def test_an_empty_subset_is_refused_before_any_work(tmp_path, monkeypatch, setti
     def must_not_run(*args, **kwargs):
         raise AssertionError("loaded the data")
 
-    monkeypatch.setattr(data, "load_tokenized", must_not_run)
+    monkeypatch.setattr(data, "read_examples", must_not_run)
+    monkeypatch.setattr(data, "_load_cached", must_not_run)
     with pytest.raises(ConfigError, match=rf"data.{setting}={value}: must be >= 1"):
         data.build_dataloaders(cfg, load_tokenizer(cfg.model))
 
@@ -238,15 +239,35 @@ def test_heldout_rows_are_never_trained_on_and_replace_dev(tmp_path):
 def test_heldout_rows_leave_room_to_train():
     from datasets import Dataset
 
-    rows = Dataset.from_dict({"input_ids": [[i] for i in range(10)], "label": [0] * 10})
-    train, held = data.split_heldout(rows, None, 3)
-    trained, kept_out = ({ids[0] for ids in part["input_ids"]} for part in (train, held))
-    assert len(trained) == 7 and len(kept_out) == 3 and not trained & kept_out
-    assert train["input_ids"] == data.train_subset(rows, 7)["input_ids"]  # the rows a run without holding out takes
+    train, held = data.subset_rows(10, None, 3)
+    assert len(set(train)) == 7 and len(set(held)) == 3 and not set(train) & set(held)
+    assert list(train) == list(data.subset_rows(10, 7)[0])  # the rows a run without holding out takes
+    shuffled = Dataset.from_dict({"row": range(10)}).shuffle(seed=0)["row"]  # datasets' own seed-0 shuffle
+    assert list(train) + list(held) == shuffled
+    assert data.subset_rows(10, None) == (range(10), None) and data.subset_rows(10, 12) == (range(10), None)
     with pytest.raises(ConfigError, match="nothing would be left to train on"):
-        data.split_heldout(rows, None, 10)
+        data.subset_rows(10, None, 10)
     with pytest.raises(ConfigError, match="at most 7 can train"):
-        data.split_heldout(rows, 8, 3)
+        data.subset_rows(10, 8, 3)
+
+
+@pytest.mark.parametrize("subset", [["data.max_train_samples=48", "data.max_eval_samples=16"],
+                                    ["data.max_train_samples=40", "data.heldout_samples=24"]])
+def test_a_small_subset_tokenises_only_its_rows_and_gets_the_cached_runs_rows(tmp_path, monkeypatch, subset):
+    """A run on a small share of a task tokenises only those rows and writes no cache entry; the rows, their
+    order and their tokens are those a run reading the whole task from the cache gets."""
+    def batches(cache: str, share: float) -> tuple[list, dict]:
+        monkeypatch.setattr(data, "SUBSET_SHARE", share)
+        cfg = compose(["model=tiny-roberta", "task=toy-sentiment", f"data.cache_dir={cache}", *subset])
+        train, evals = data.build_dataloaders(cfg, load_tokenizer(cfg.model))
+        return ([b["input_ids"].tolist() for b in train],
+                {split: [b["labels"].tolist() for b in loader] for split, loader in evals.items()})
+
+    whole = batches(str(tmp_path / "whole"), 0.0)  # never the subset path: the whole task, cached
+    assert len(list((tmp_path / "whole").iterdir())) == 1
+    assert batches(str(tmp_path / "subset"), 1.0) == whole
+    assert not (tmp_path / "subset").exists() or not list((tmp_path / "subset").iterdir())  # nothing cached
+    assert batches(str(tmp_path / "whole"), 1.0) == whole  # a cache entry already there is read
 
 
 def test_evaluation_runs_in_length_order_over_the_same_examples():

@@ -8,7 +8,8 @@ Each job (task x method) runs as two user processes, ours (``python train.py mod
 peer (``python -m subspace_tuning.bench.e2e_peer``: Trainer + ``peft.get_peft_model``), alternating ours, peer,
 ours, peer ... for ``--pairs`` pairs, so that the load of a shared machine falls on both alike. Both sides take
 every setting from the one Hydra configuration our run composes (rows, dev rows, tokenizer, length, schedule,
-weight decay, batch, epochs, seed, torch threads, metric; PEFT config from ``bench.peft_rows.peft_config``). Each
+weight decay, batch, epochs, seed, torch threads, metric; PEFT config from ``bench.peft_rows.peft_config``) except
+the order of the training batches, each side's default unless ``--length-grouping`` says otherwise. Each
 process's wall time (the parent's clock from start to exit) is split into start-up (process start to the first
 training step), training (optimizer steps and data loading), evaluation (each epoch's dev evaluation) and the rest
 (saving the result, exiting); peak memory is the process's peak resident set (``wait4``). The table shows the
@@ -40,6 +41,7 @@ QUICK = {"model": "tiny-roberta", "tasks": "toy-sentiment", "methods": "lora", "
          "eval_samples": 32, "epochs": 1, "batch": 8, "seq_len": 32, "threads": 1}
 DEFAULTS = {"model": "minilm", "tasks": "sst2,mrpc", "methods": "lora,dora,ia3,adalora", "pairs": 3,
             "train_samples": 256, "eval_samples": 128, "epochs": 1, "batch": 32, "seq_len": 128, "threads": 1}
+GROUPINGS = ("ours", "both", "none")  # --length-grouping: who groups training batches by length
 # our runner's log lines (Hydra's job log, train.log) that close the set-up and the run
 DATA_READY, SETUP_DONE, RUN_DONE = "data: {", "trainable parameters:", "done: best"
 
@@ -66,6 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rank", type=positive_int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads, both sides (default 1)")
+    parser.add_argument("--length-grouping", choices=GROUPINGS, default="ours",
+                        help="which side draws length-grouped training batches: ours (the default of both sides: "
+                        "ours groups under protocol=simple, the Trainer draws uniformly), both (the Trainer's "
+                        "train_sampling_strategy=group_by_length too), none (ours data.group_by_length=false)")
     parser.add_argument("--run-timeout", type=positive_int, default=3600, help="seconds before a run is killed")
     parser.add_argument("--work-dir", default=None, help="keep every run's folder and log here (default: a "
                         "temporary folder, removed at the end)")
@@ -134,12 +140,14 @@ def ours_overrides(args: argparse.Namespace, task: str, method: str) -> list[str
                  f"data.max_eval_samples={args.eval_samples}", f"data.max_length={args.seq_len}",
                  f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", f"train.threads={args.threads}"]
     folder = data_dir(args)
-    return overrides + ([f"task.data_dir={folder}"] if folder is not None else [])
+    uniform = ["data.group_by_length=false"] if args.length_grouping == "none" else []
+    return overrides + uniform + ([f"task.data_dir={folder}"] if folder is not None else [])
 
 
-def peer_settings(cfg: Any, train_rows: int, threads: int) -> dict[str, Any]:
+def peer_settings(cfg: Any, train_rows: int, threads: int, group_by_length: bool = False) -> dict[str, Any]:
     """The peer's job, resolved from our run's composed configuration ``cfg`` (``train_rows``: the training split's
-    size): every setting the Trainer and PEFT need, the PEFT config as a dict."""
+    size): every setting the Trainer and PEFT need, the PEFT config as a dict; ``group_by_length``: the Trainer's
+    length-grouped sampler instead of its default uniform one."""
     from omegaconf import OmegaConf
 
     from ..config import method_options
@@ -165,7 +173,8 @@ def peer_settings(cfg: Any, train_rows: int, threads: int) -> dict[str, Any]:
             "eps": float(cfg.optim.eps),
             "epochs": int(cfg.train.epochs), "batch_size": int(cfg.train.batch_size),
             "eval_batch_size": int(cfg.train.eval_batch_size), "seed": int(cfg.seed), "threads": threads,
-            "total_steps": total, "adalora": cfg.method.name == "adalora",
+            "total_steps": total, "adalora": cfg.method.name == "adalora", "group_by_length": group_by_length,
+            "ours_group_by_length": bool(cfg.data.group_by_length),
             "peft_config": json.loads(json.dumps(config.to_dict(), default=sorted))}
 
 
@@ -189,7 +198,8 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
                                   f"{cfg.task.tsv.dir}/train.tsv, e.g. ../shared/glue) or set GLUE_DIR")
             if task not in train_rows:
                 train_rows[task] = len(read_examples(cfg.task)["train"].labels)
-            jobs.append(Job(task, method, overrides, peer_settings(cfg, train_rows[task], args.threads)))
+            jobs.append(Job(task, method, overrides, peer_settings(cfg, train_rows[task], args.threads,
+                                                                  args.length_grouping == "both")))
     return jobs
 
 

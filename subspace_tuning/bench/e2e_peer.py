@@ -2,7 +2,7 @@
 
 ``python -m subspace_tuning.bench.e2e_peer <job.json> <result.json>`` runs the job that ``bench/e2e.py`` resolved from
 the same Hydra configuration our ``train.py`` runs, so both sides agree on every setting: the same training rows
-(``data.train_subset``), dev rows and order (``data.eval_subset``), tokenizer, maximum length, model and head
+(``data.pick_rows``), dev rows and order (``data.eval_subset``), tokenizer, maximum length, model and head
 dropout (``models``), learning rate, warmup steps, linear decay, weight decay, gradient clipping, batch sizes,
 epochs, seed, torch threads and metric (``metrics``). The PEFT config is ``bench.peft_rows.peft_config``'s, built by
 the parent and passed as a dict, so this process imports no more of our package than the data, model and metric
@@ -24,22 +24,14 @@ from typing import Any
 def select_rows(task_cfg: Any, max_train: int | None, max_eval: int | None, tokenizer: Any, max_length: int,
                 drop_token_types: bool) -> tuple[Any, Any]:
     """(training rows, first evaluation split's rows), tokenised: the rows and order our runner uses
-    (``data.train_subset`` / ``data.eval_subset``), but only those rows are tokenised (a Trainer user tokenises
-    what they train on; our runner tokenises every split once and caches it)."""
-    from datasets import Dataset
+    (``data.pick_rows``, ``data.eval_subset``), and only those rows are tokenised, as a Trainer user would."""
+    from omegaconf import OmegaConf
 
-    from ..data import Examples, eval_subset, read_examples, tokenize, train_subset
+    from ..data import eval_subset, pick_rows, read_examples, tokenize
 
-    examples = read_examples(task_cfg)
-    train_all = examples["train"]
-    # train_subset's shuffle depends only on the row count and its seed, so an index column picks the same rows
-    picked = train_subset(Dataset.from_dict({"row": range(len(train_all.labels))}), max_train)["row"]
-    train = Examples([train_all.texts[i] for i in picked], [train_all.labels[i] for i in picked])
-    dev_split = next(split for split in task_cfg.splits if split != "train")
-    dev_all = examples[dev_split]
-    keep = len(dev_all.labels) if max_eval is None else min(max_eval, len(dev_all.labels))
-    dev = Examples(dev_all.texts[:keep], dev_all.labels[:keep])
-    tokenised = tokenize({"train": train, "dev": dev}, tokenizer, max_length)
+    data_cfg = OmegaConf.create({"max_train_samples": max_train, "max_eval_samples": max_eval})
+    train, evals = pick_rows(read_examples(task_cfg), task_cfg, data_cfg)
+    tokenised = tokenize({"train": train, "dev": next(iter(evals.values()))}, tokenizer, max_length)
     if drop_token_types:  # as our runner: RoBERTa / DeBERTaV3 have no segment embeddings
         tokenised = tokenised.remove_columns("token_type_ids")
     return tokenised["train"], eval_subset(tokenised["dev"], None)
@@ -110,6 +102,7 @@ def main(job_path: str, result_path: str) -> None:
         learning_rate=float(job["lr"]), weight_decay=float(job["weight_decay"]),
         warmup_steps=int(job["warmup_steps"]), lr_scheduler_type="linear", max_grad_norm=float(job["max_grad_norm"]),
         adam_beta1=float(job["betas"][0]), adam_beta2=float(job["betas"][1]), adam_epsilon=float(job["eps"]),
+        train_sampling_strategy="group_by_length" if job.get("group_by_length") else "random",
         seed=int(job["seed"]), eval_strategy="epoch", save_strategy="no", logging_strategy="epoch",
         report_to="none", dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
     trainer = PeerTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
