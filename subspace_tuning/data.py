@@ -497,18 +497,17 @@ def subset_size(data_cfg: DictConfig, key: str) -> int | None:
 
 def pick_rows(splits: dict[str, Any], task: DictConfig, data_cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     """(training rows, {evaluation split: rows}) of a run, from whole splits (``Examples`` or ``Dataset``): the
-    training rows of ``subset_rows``; the first ``data.max_eval_samples`` rows of each dev split, or the held-out
+    training rows of ``subset_rows``; the first ``data.max_eval_samples`` rows of each dev split, or of the held-out
     training rows (split "heldout"), which replace the dev splits (a search that never sees them:
     docs/cpu_study/README.md)."""
     max_train, max_eval = subset_size(data_cfg, "max_train_samples"), subset_size(data_cfg, "max_eval_samples")
     whole = splits["train"]
     rows, held = subset_rows(len(whole), max_train, subset_size(data_cfg, "heldout_samples"))
     train = whole if isinstance(rows, range) else whole.select(rows)
-    if held is not None:
-        return train, {"heldout": whole.select(held)}
-    dev = {split: splits[split] for split in task.splits if split != "train"}
+    scored = {"heldout": whole.select(held)} if held is not None else {
+        split: splits[split] for split in task.splits if split != "train"}
     return train, {split: rows if max_eval is None or max_eval >= len(rows) else rows.select(range(max_eval))
-                   for split, rows in dev.items()}
+                   for split, rows in scored.items()}
 
 
 def check_not_empty(task: DictConfig, splits: dict[str, Any]) -> None:

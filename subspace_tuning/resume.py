@@ -50,10 +50,13 @@ COSMETIC = frozenset({"train.progress", "train.log_every", "train.threads", "tra
 # ``train.early_stopping_patience`` where training ends; ``train.compile`` the numbers (inductor's dropout draws
 # other random masks than eager's, so a compiled run is not the eager run of the same seed).
 NEUTRAL = {"train.grad_accum_steps": 1, "train.early_stopping_patience": None, "train.compile": False}
-# Lookup tables read only through another setting's interpolation (``optim.lr`` resolves its method's entry of
-# ``optim.lr_by_method``); the identity holds what they resolve to. Top-level keys outside conf/config.yaml and its
-# config groups (an experiment's ``study_lr``, ``study_budget``) are lookup tables too: no code reads them.
-LOOKUPS = frozenset({"optim.lr_by_method"})
+# Lookup tables read only through other settings' interpolations; the identity holds what they resolve to, so a
+# new entry (another method's lr, a protocol's new key) leaves every recorded run its own. ``optim.lr`` resolves
+# its method's entry of ``optim.lr_by_method``; every ``protocol`` value reaches the run through ``data``, ``optim``,
+# ``train``, ``model``, ``method`` and ``mpc`` (docs/protocol.md), and its name is recorded in metrics.json. Top-level
+# keys outside conf/config.yaml and its config groups (an experiment's ``study_lr``, ``study_budget``) are lookup
+# tables too: no code reads them.
+LOOKUPS = frozenset({"optim.lr_by_method", "protocol"})
 log = logging.getLogger("subspace_tuning")
 SUPERSEDED = ".superseded-"  # suffix of a run folder moved aside because its data changed
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")

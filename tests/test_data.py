@@ -234,6 +234,9 @@ def test_heldout_rows_are_never_trained_on_and_replace_dev(tmp_path):
     assert list(evals) == ["heldout"] and "validation" in plain_eval  # dev is not scored
     assert train.dataset["input_ids"] == plain_train.dataset["input_ids"]  # the study's own training rows
     assert len(evals["heldout"].dataset) == 40  # disjoint rows: the next test (the toy task repeats sentences)
+    _, capped = loaders("data.heldout_samples=40", "data.max_eval_samples=8")  # the first 8 held-out rows
+    first = sorted(map(tuple, capped["heldout"].dataset["input_ids"]))
+    assert len(first) == 8 and set(first) <= set(map(tuple, evals["heldout"].dataset["input_ids"]))
 
 
 def test_heldout_rows_leave_room_to_train():

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
-from conftest import QUICK, kill_after_step, run_in_process, train_py
+from conftest import GLUE_DIR, QUICK, ROOT, kill_after_step, requires_glue, run_in_process, train_py
 
 from subspace_tuning.config import compose
 from subspace_tuning.errors import ConfigError
@@ -75,6 +76,23 @@ def test_a_run_is_the_values_it_resolves_and_keeps_them_across_fingerprint_rules
     assert train_or_skip(grown, folder) == record
     with pytest.raises(ConfigError, match=r"it differs in: optim.lr 0.002 -> 0.0001\)"):
         train_or_skip(compose(base + ["+optim.lr_by_method.lora=1e-4"]), folder)
+
+
+@requires_glue
+def test_a_run_recorded_by_an_earlier_version_is_still_complete(tmp_path, monkeypatch):
+    """tests/fixtures/recorded_runs/: a run folder's config.yaml and metrics.json as an earlier version wrote them
+    (a CPU study run, before protocol.group_by_length and the lookup-table rules). Today's configuration of that run
+    must find it complete: a setting added since must leave the identity alone at the value that computes what the
+    run did (resume.NEUTRAL) or be read through another setting (resume.LOOKUPS)."""
+    recorded = ROOT / "tests" / "fixtures" / "recorded_runs" / "cpu_study-sst2-lora-mpc_o-seed0"
+    folder = tmp_path / "seed0"
+    shutil.copytree(recorded, folder)
+    cfg = compose(["experiment=cpu_study", "task=sst2", "method=lora", "mpc=o", "seed=0",
+                   f"task.data_dir={GLUE_DIR}"])
+    record = json.loads((folder / "metrics.json").read_text())
+    assert completed_metrics(folder, config_fingerprint(cfg)) == record
+    monkeypatch.setattr("subspace_tuning.train.train", lambda *a, **k: pytest.fail("trained again"))
+    assert train_or_skip(cfg, folder) == record
 
 
 def test_relaunched_sweep_runs_only_what_is_missing(tmp_path):
