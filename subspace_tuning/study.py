@@ -4,13 +4,16 @@ Per row (method, rank, MPC as ``subspace_tuning.results`` names them) and task: 
 the mean, how many runs predicted one class (or a constant) on the dev set, and the margin over the task's trivial
 baseline. Per claim of the paper (C1-C7 of issue 17): the paired difference (paired by task and seed; C7 by task,
 of the seed standard deviations) with a 95% percentile bootstrap CI, a Wilcoxon signed-rank p-value, and a verdict
-computed from the CI alone by one rule:
+computed by one rule:
 
 - ordered claims ("A beats B"): *supported* when the CI excludes 0 in the claimed direction, *contradicted* when
-  it excludes 0 in the opposite direction, *not significant* otherwise;
-- "comparable" (C2): equivalence within ``EQUIVALENCE_MARGIN`` points: *supported* when the whole CI lies within
+  it excludes 0 in the opposite direction, *not significant* otherwise; and where the Wilcoxon test can reach
+  p < ``ALPHA`` (``WILCOXON_MIN_N`` or more non-zero pairs) it must agree, else *not significant* (a percentile
+  bootstrap of ten pairs is narrow: a CI that only just excludes 0 is not evidence on its own);
+- "comparable" (C2) and "close to" (C3), from the CI alone (a difference test cannot show equivalence):
+  "comparable": equivalence within ``EQUIVALENCE_MARGIN`` points: *supported* when the whole CI lies within
   +-margin, *contradicted* when it lies wholly beyond it, *not significant* otherwise;
-- "close to" (C3, SSB vs full FT): non-inferiority by the same margin: *supported* when the CI's lower end is above
+  "close to" (SSB vs full FT): non-inferiority by the same margin: *supported* when the CI's lower end is above
   -margin, *contradicted* when its upper end is below -margin;
 - fewer than ``MIN_PAIRS`` pairs: *not significant*; a row without runs: *not run*. A claim of several parts is
   supported when every part that ran is, contradicted when any part is, not significant otherwise.
@@ -55,6 +58,7 @@ EQUIVALENCE_MARGIN = 2.0
 # "Learns" (issue 17 part 1): 10 points of accuracy above the majority class, or 0.3 of MCC / correlation above 0.
 LEARNED_MARGIN = {"accuracy": 10.0, "correlation": 30.0}
 MIN_PAIRS = 3  # below this a bootstrap CI is no evidence either way
+ALPHA = 0.05  # an ordered claim's Wilcoxon p must be below this too
 # With n non-zero differences the smallest two-sided exact Wilcoxon p is 2 / 2**n: n < 6 cannot reach 0.05.
 WILCOXON_MIN_N = 6
 ZERO_BASELINE_METRICS = ("matthews", "pearson", "spearman")
@@ -112,17 +116,21 @@ def wilcoxon_p(differences: list[float]) -> tuple[float | None, str]:
     return p, note
 
 
-def verdict(kind: str, ci: tuple[float, float] | None, n: int, margin: float = EQUIVALENCE_MARGIN) -> str:
-    """The module docstring's rule, from the CI of the mean difference (first row minus second)."""
+def verdict(kind: str, ci: tuple[float, float] | None, n: int, p: float | None = None,
+            margin: float = EQUIVALENCE_MARGIN) -> str:
+    """The module docstring's rule, from the CI of the mean difference (first row minus second) and, for ordered
+    claims, the Wilcoxon p-value ``p`` where ``n`` pairs can reach significance (None: the CI alone)."""
     if n == 0 or ci is None:
         return "not run"
     if n < MIN_PAIRS:
         return "not significant"
     low, high = ci
-    if kind == "greater":
-        return "supported" if low > 0 else "contradicted" if high < 0 else "not significant"
-    if kind in ("less", "smaller_std"):
-        return "supported" if high < 0 else "contradicted" if low > 0 else "not significant"
+    if kind in ("greater", "less", "smaller_std"):
+        if p is not None and n >= WILCOXON_MIN_N and not p < ALPHA:
+            return "not significant"
+        above, below = low > 0, high < 0
+        return ("supported" if above else "contradicted" if below else "not significant") if kind == "greater" \
+            else ("supported" if below else "contradicted" if above else "not significant")
     if kind == "comparable":
         return "supported" if -margin <= low and high <= margin else \
             "contradicted" if low > margin or high < -margin else "not significant"
@@ -267,7 +275,7 @@ def evaluate(claim: Claim, comparison: Comparison, scores: Scores, rank: int) ->
     elif 0 < n < MIN_PAIRS:
         note = "; ".join(x for x in (f"{n} pairs (< {MIN_PAIRS})", note) if x)
     return Effect(claim.id, comparison.text, comparison.kind, n, statistics.fmean(diffs) if diffs else None, ci,
-                  p if diffs else None, verdict(comparison.kind, ci, n), note, missing)
+                  p if diffs else None, verdict(comparison.kind, ci, n, p if diffs else None), note, missing)
 
 
 def baseline(runs: list[RunRecord], task: str, metric: str, last: bool) -> tuple[float | None, str]:

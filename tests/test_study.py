@@ -94,6 +94,16 @@ def test_verdict_rule(kind: str, ci: tuple[float, float], expected: str) -> None
     assert verdict(kind, ci, n=10) == expected
 
 
+@pytest.mark.parametrize("kind, ci", [("greater", (0.05, 8.9)), ("less", (-3.0, -0.1)), ("smaller_std", (-2.0, -1.0)),
+                                      ("greater", (-3.0, -0.1))])
+def test_an_ordered_claim_needs_the_wilcoxon_test_to_agree(kind: str, ci: tuple[float, float]) -> None:
+    """A CI that excludes 0 with p >= 0.05 (a narrow bootstrap of a few pairs) is not significant either way."""
+    assert verdict(kind, ci, n=10, p=0.2754) == "not significant"
+    assert verdict(kind, ci, n=10, p=0.0371) != "not significant"
+    assert verdict("comparable", (-1.5, 1.9), n=10, p=0.9) == "supported"  # equivalence: the CI alone
+    assert verdict(kind, ci, n=5, p=0.0625) != "not significant"  # 5 pairs cannot reach 0.05: the CI alone
+
+
 def test_verdict_needs_pairs_and_combines() -> None:
     assert verdict("greater", None, 0) == "not run"
     assert verdict("greater", (1.0, 2.0), 2) == "not significant"  # too few pairs for any verdict
