@@ -179,13 +179,16 @@ def saved_identity(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def saved_as(record: dict[str, Any], saved: dict[str, Any] | None, wanted: str) -> bool:
+    """Whether a run record whose saved config has the identity ``saved`` (``saved_identity``) is of the
+    configuration fingerprinted ``wanted`` under this version's rules (with the data hash it recorded)."""
+    return saved is not None and hash_identity(saved, str(record.get("data_fingerprint"))) == wanted
+
+
 def is_this_configuration(folder: Path, record: dict[str, Any], wanted: str) -> bool:
     """Whether the run recorded in ``folder`` is of the configuration fingerprinted ``wanted``: by the fingerprint
-    it recorded, or else by its saved config and data hash fingerprinted again under this version's rules."""
-    if record.get("config_fingerprint") == wanted:
-        return True
-    saved = saved_identity(folder)
-    return saved is not None and hash_identity(saved, str(record.get("data_fingerprint"))) == wanted
+    it recorded, or else by its saved config fingerprinted again (``saved_as``)."""
+    return record.get("config_fingerprint") == wanted or saved_as(record, saved_identity(folder), wanted)
 
 
 def load_record(folder: Path) -> dict[str, Any] | None:
@@ -242,9 +245,12 @@ def claim_folder(folder: Path, cfg: DictConfig, fingerprint: str) -> dict[str, A
     record = read_record(folder)
     if record is None or record.get("status") != "completed":
         return None
-    if is_this_configuration(folder, record, fingerprint):
+    if record.get("config_fingerprint") == fingerprint:
         return record
-    old_identity = saved_identity(folder) or {}
+    old_identity = saved_identity(folder)  # read once: for the fingerprint again, then for the message
+    if saved_as(record, old_identity, fingerprint):
+        return record
+    old_identity = old_identity or {}
     changed = differences(old_identity, identity(cfg)) if old_identity else []
     data_changed = record.get("data_fingerprint") not in (None, data_digest(cfg))
     if old_identity and not changed and data_changed:

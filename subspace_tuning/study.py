@@ -128,9 +128,8 @@ def verdict(kind: str, ci: tuple[float, float] | None, n: int, p: float | None =
     if kind in ("greater", "less", "smaller_std"):
         if p is not None and n >= WILCOXON_MIN_N and not p < ALPHA:
             return "not significant"
-        above, below = low > 0, high < 0
-        return ("supported" if above else "contradicted" if below else "not significant") if kind == "greater" \
-            else ("supported" if below else "contradicted" if above else "not significant")
+        claimed, opposite = (low > 0, high < 0) if kind == "greater" else (high < 0, low > 0)
+        return "supported" if claimed else "contradicted" if opposite else "not significant"
     if kind == "comparable":
         return "supported" if -margin <= low and high <= margin else \
             "contradicted" if low > margin or high < -margin else "not significant"

@@ -109,7 +109,7 @@ def test_length_grouping_says_which_side_groups_its_batches(tmp_path, grouping, 
     from subspace_tuning.config import compose
 
     (job,) = e2e.build_jobs(quick_args(tmp_path, "--length-grouping", grouping))
-    assert compose(job.overrides).data.group_by_length is ours and job.peer["ours_group_by_length"] is ours
+    assert compose(job.overrides).data.group_by_length is ours
     assert job.peer["group_by_length"] is peer
 
 

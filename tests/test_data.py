@@ -9,6 +9,7 @@ import random
 
 import pytest
 from conftest import GLUE_DIR, requires_glue
+from omegaconf import OmegaConf
 
 from subspace_tuning import data
 from subspace_tuning.config import compose
@@ -277,10 +278,13 @@ def test_evaluation_runs_in_length_order_over_the_same_examples():
     from datasets import Dataset
 
     rows = {"input_ids": [[1] * n for n in (5, 2, 9, 2, 7)], "label": [0, 1, 2, 3, 4]}
-    ordered = data.eval_subset(Dataset.from_dict(rows), None)
+    ordered = data.length_sorted(Dataset.from_dict(rows))
     assert [len(ids) for ids in ordered["input_ids"]] == [2, 2, 5, 7, 9]
     assert ordered["label"] == [1, 3, 0, 4, 2]  # each label stays with its example; ties keep their order
-    assert data.eval_subset(Dataset.from_dict(rows), 3)["label"] == [1, 0, 2]  # the first 3 examples, sorted
+    task = OmegaConf.create({"splits": ["train", "validation"]})
+    _, evals = data.pick_rows({"train": Dataset.from_dict(rows), "validation": Dataset.from_dict(rows)}, task,
+                              OmegaConf.create({"max_eval_samples": 3}))
+    assert data.length_sorted(evals["validation"])["label"] == [1, 0, 2]  # the first 3 examples, sorted
 
 
 def test_toy_task_is_deterministic_and_holds_adjectives_out():

@@ -174,7 +174,6 @@ def peer_settings(cfg: Any, train_rows: int, threads: int, group_by_length: bool
             "epochs": int(cfg.train.epochs), "batch_size": int(cfg.train.batch_size),
             "eval_batch_size": int(cfg.train.eval_batch_size), "seed": int(cfg.seed), "threads": threads,
             "total_steps": total, "adalora": cfg.method.name == "adalora", "group_by_length": group_by_length,
-            "ours_group_by_length": bool(cfg.data.group_by_length),
             "peft_config": json.loads(json.dumps(config.to_dict(), default=sorted))}
 
 

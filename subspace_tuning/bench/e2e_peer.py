@@ -2,7 +2,7 @@
 
 ``python -m subspace_tuning.bench.e2e_peer <job.json> <result.json>`` runs the job that ``bench/e2e.py`` resolved from
 the same Hydra configuration our ``train.py`` runs, so both sides agree on every setting: the same training rows
-(``data.pick_rows``), dev rows and order (``data.eval_subset``), tokenizer, maximum length, model and head
+(``data.pick_rows``), dev rows and order (``data.length_sorted``), tokenizer, maximum length, model and head
 dropout (``models``), learning rate, warmup steps, linear decay, weight decay, gradient clipping, batch sizes,
 epochs, seed, torch threads and metric (``metrics``). The PEFT config is ``bench.peft_rows.peft_config``'s, built by
 the parent and passed as a dict, so this process imports no more of our package than the data, model and metric
@@ -24,17 +24,17 @@ from typing import Any
 def select_rows(task_cfg: Any, max_train: int | None, max_eval: int | None, tokenizer: Any, max_length: int,
                 drop_token_types: bool) -> tuple[Any, Any]:
     """(training rows, first evaluation split's rows), tokenised: the rows and order our runner uses
-    (``data.pick_rows``, ``data.eval_subset``), and only those rows are tokenised, as a Trainer user would."""
+    (``data.pick_rows``, ``data.length_sorted``), and only those rows are tokenised, as a Trainer user would."""
     from omegaconf import OmegaConf
 
-    from ..data import eval_subset, pick_rows, read_examples, tokenize
+    from ..data import length_sorted, pick_rows, read_examples, tokenize
 
     data_cfg = OmegaConf.create({"max_train_samples": max_train, "max_eval_samples": max_eval})
     train, evals = pick_rows(read_examples(task_cfg), task_cfg, data_cfg)
     tokenised = tokenize({"train": train, "dev": next(iter(evals.values()))}, tokenizer, max_length)
     if drop_token_types:  # as our runner: RoBERTa / DeBERTaV3 have no segment embeddings
         tokenised = tokenised.remove_columns("token_type_ids")
-    return tokenised["train"], eval_subset(tokenised["dev"], None)
+    return tokenised["train"], length_sorted(tokenised["dev"])
 
 
 def main(job_path: str, result_path: str) -> None:
