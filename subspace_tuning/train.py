@@ -13,11 +13,14 @@ configuration is not run again.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -566,8 +569,9 @@ class Recipe:
     def run_all(self) -> dict[str, Any]:
         start = time.perf_counter()
         try:
-            self.setup()
-            self.resume()
+            with collector_paused():
+                self.setup()
+                self.resume()
             # model, data and optimizer ready (this launch's; imports before it are the process's)
             self.setup_time = time.perf_counter() - start
             self.train()
@@ -578,8 +582,26 @@ class Recipe:
                                 wall_time_s=round(time.perf_counter() - start, 2))
             raise
         finally:
+            gc.unfreeze()  # what this run set up can be collected once it is gone (a sweep's next run)
             if self.tracking:
                 self.accelerator.end_training()  # flushes and closes every tracker
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a run sets up, then every object alive (the imported modules,
+    the model, the data) frozen out of its passes while the run trains (``gc.freeze``, Python's gc module docs).
+
+    Why: torch, transformers and datasets leave millions of long-lived objects, and every full pass of the
+    collector walks all of them (0.1-0.2 s each on a 2-core CPU, about eight in a short run, mostly while importing
+    and reading a task's TSV). Set-up creates few reference cycles, and those are collected after the run
+    (``gc.unfreeze`` in ``run_all``). docs/benchmarks.md measures the effect."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
@@ -652,6 +674,8 @@ def _hydra_task(cfg: DictConfig) -> float | None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return None  # one bad run of a sweep is recorded as failed; the sweep goes on
         sys.exit(2)
+    finally:
+        gc.enable()  # main() paused it until a run's set-up; a run skipped or refused before that turns it on
     headline = metrics["metric"]
     print(f"{cfg.task.name} {headline}: best {metrics['best']['scores'][headline]:.4f}, "
           f"last {metrics['last']['scores'][headline]:.4f}{degenerate_note(metrics)} -> {folder / 'metrics.json'}")
@@ -662,8 +686,12 @@ def main() -> None:
     """Console entry point (``python train.py`` and ``subspace-tuning-train``)."""
     import hydra
 
-    register_resolvers()
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_hydra_task)()
+    gc.disable()  # the start-up's imports and composition too, like a run's set-up (collector_paused)
+    try:
+        register_resolvers()
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_hydra_task)()
+    finally:
+        gc.freeze()  # the interpreter's last collection at exit need not walk every module's objects (~0.5 s)
 
 
 if __name__ == "__main__":

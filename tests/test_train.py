@@ -130,3 +130,31 @@ def test_nonfinite_steps_are_caught_when_checked_every_few_steps(tmp_path, monke
     monkeypatch.setattr(LoRA, "regularizers", lambda self, model: {"broken": torch.tensor(float("inf"))})
     with pytest.raises(TrainingDiverged, match="non-finite between steps 1 and 2"):
         run_in_process(tmp_path, ["method=lora", "train.max_steps=4"])
+
+
+def test_collector_is_paused_for_set_up_and_frozen_objects_thawed_after_the_run(tmp_path, monkeypatch):
+    """collector_paused: while a run trains, what set-up left is frozen out of the collector's passes and the
+    collector runs; after the run (completed or failed) nothing stays frozen, so a sweep's next run can collect it."""
+    import gc
+
+    from subspace_tuning.train import Recipe
+
+    seen, original = {}, Recipe.train
+
+    def train(self):
+        seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count())
+        original(self)
+
+    monkeypatch.setattr(Recipe, "train", train)
+    gc.disable()  # as train.py leaves it for the first run
+    run_in_process(tmp_path, [])
+    assert seen["enabled"] and seen["frozen"] > 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+    def fail(self):
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(Recipe, "train", fail)
+    with pytest.raises(RuntimeError):
+        run_in_process(tmp_path / "failed", [])
+    assert gc.isenabled() and gc.get_freeze_count() == 0
