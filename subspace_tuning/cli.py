@@ -54,6 +54,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise ValueError(text)
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """An argparse type: an integer >= 0."""
     value = int(text)

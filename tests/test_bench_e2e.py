@@ -73,6 +73,7 @@ def test_summary_takes_medians_over_completed_pairs_and_paired_ratios():
     (entry,) = e2e.summarise(rows)
     assert entry["ours"]["total_s"] == 12.0 and entry["peer"]["total_s"] == 20.0  # the failed run is left out
     assert entry["ours"]["runs"] == 3 and entry["ours"]["score"] == 0.85
+    assert entry["ours"]["score_mean"] == 0.85 and entry["ours"]["score_std"] == pytest.approx(0.05)
     assert entry["ratio"] == 0.6
     assert entry["paired_ratio"] == pytest.approx(0.8)  # median of 0.5, 1.5, 0.8
     assert not entry["target_met"]
@@ -104,6 +105,25 @@ def test_both_sides_get_the_same_settings_rows_and_order(tmp_path):
     assert set(train.column_names) == set(train_loader.dataset.column_names)
 
 
+def test_pairs_cycle_through_the_seeds_with_both_sides_on_the_pairs_seed(tmp_path, monkeypatch):
+    """--seeds 2,0 --pairs 3: pairs run seeds 0, 2, 0; each side of a pair runs the job composed for that seed."""
+    from subspace_tuning.config import compose
+
+    args = quick_args(tmp_path, "--seeds", "2,0", "--pairs", "3", "--lr", "3e-3")
+    jobs = e2e.build_jobs(args)
+    assert [job.seed for job in jobs] == [0, 2]
+    for job in jobs:
+        cfg = compose(job.overrides)
+        assert cfg.seed == job.peer["seed"] == job.seed
+        assert cfg.optim.lr == job.peer["lr"] == 3e-3
+    calls = []
+    monkeypatch.setattr(e2e, "run_ours", lambda job, *rest: calls.append(("ours", job.seed)) or {})
+    monkeypatch.setattr(e2e, "run_peer", lambda job, *rest: calls.append(("peer", job.seed)) or {})
+    monkeypatch.setattr(e2e, "finish_row", lambda row: row)
+    e2e.run_pairs(jobs, args, tmp_path)
+    assert calls == [("ours", 0), ("peer", 0), ("ours", 2), ("peer", 2), ("ours", 0), ("peer", 0)]
+
+
 @pytest.mark.parametrize("grouping, ours, peer", [("ours", True, False), ("both", True, True), ("none", False, False)])
 def test_length_grouping_says_which_side_groups_its_batches(tmp_path, grouping, ours, peer):
     from subspace_tuning.config import compose
@@ -122,6 +142,8 @@ def test_length_grouping_says_which_side_groups_its_batches(tmp_path, grouping, 
     (["--pairs", "1", "--pairs", "2"], "given twice"),
     (["--tasks", "mnli"], "evaluation splits"),
     (["--seq-len", "100000"], "data.max_length=100000"),
+    (["--seeds", "0,x"], "--seeds"),
+    (["--lr", "0"], "--lr"),
 ])
 def test_bad_options_are_one_line_and_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

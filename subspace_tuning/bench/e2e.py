@@ -2,11 +2,13 @@
 
     python -m subspace_tuning.bench.e2e --data-dir ../shared/glue --json docs/benchmarks_e2e.json
     python -m subspace_tuning.bench.e2e --tasks sst2 --methods lora --pairs 5 --train-samples 1024 --epochs 2
+    python -m subspace_tuning.bench.e2e --tasks sst2 --methods lora --seeds 0,1,2 --lr 3e-3 --train-samples 1000
     python -m subspace_tuning.bench.e2e --quick --json /tmp/e2e.json
 
 Each job (task x method) runs as two user processes, ours (``python train.py model=... task=... method=...``) and the
 peer (``python -m subspace_tuning.bench.e2e_peer``: Trainer + ``peft.get_peft_model``), alternating ours, peer,
-ours, peer ... for ``--pairs`` pairs, so that the load of a shared machine falls on both alike. Both sides take
+ours, peer ... for ``--pairs`` pairs, so that the load of a shared machine falls on both alike; pair i runs the
+i-th of ``--seeds`` on both sides (cycling through them), so that dev scores compare across seeds. Both sides take
 every setting from the one Hydra configuration our run composes (rows, dev rows, tokenizer, length, schedule,
 weight decay, batch, epochs, seed, torch threads, metric; PEFT config from ``bench.peft_rows.peft_config``) except
 the order of the training batches, each side's default unless ``--length-grouping`` says otherwise. Each
@@ -19,6 +21,7 @@ median of the pairs per job and the ratio of our total to the peer's; docs/bench
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -48,7 +51,7 @@ DATA_READY, SETUP_DONE, RUN_DONE = "data: {", "trainable parameters:", "done: be
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, defaults filled in (``--quick``: ``QUICK``); a bad one exits 2 with one 'error:' paragraph."""
-    from ..cli import ArgumentParser, parse_with_presets, positive_int
+    from ..cli import ArgumentParser, non_negative_int_set, parse_with_presets, positive_float, positive_int
 
     parser = ArgumentParser("python -m subspace_tuning.bench.e2e", __doc__)
     parser.add_argument("--model", default=None, help="a model of conf/model/ (default minilm)")
@@ -66,7 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=positive_int, default=None, help="training batch size (default 32)")
     parser.add_argument("--seq-len", type=positive_int, default=None, help="maximum length (default 128)")
     parser.add_argument("--rank", type=positive_int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=non_negative_int_set, default={0},
+                        help="comma-separated seeds; pair i runs the i-th in increasing order on both sides, cycling "
+                        "through them (0,1,2 with --pairs 6 runs each twice; default 0)")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="optim.lr of every method, both sides (default: protocol=simple's lr of the task)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads, both sides (default 1)")
     parser.add_argument("--length-grouping", choices=GROUPINGS, default="ours",
                         help="which side draws length-grouped training batches: ours (the default of both sides: "
@@ -87,10 +94,17 @@ class Job:
     method: str
     overrides: list[str]
     peer: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
 
     @property
     def name(self) -> str:
         return f"{self.task}/{self.method}"
+
+
+def pair_seed(args: argparse.Namespace, pair: int) -> int:
+    """The seed of pair ``pair`` (from 1): ``--seeds`` in increasing order, cycling."""
+    seeds = sorted(args.seeds)
+    return seeds[(pair - 1) % len(seeds)]
 
 
 def names(spec: str) -> list[str]:
@@ -132,16 +146,17 @@ def check_options(args: argparse.Namespace) -> None:
                           "invocation go there and must not mix with earlier ones)")
 
 
-def ours_overrides(args: argparse.Namespace, task: str, method: str) -> list[str]:
+def ours_overrides(args: argparse.Namespace, task: str, method: str, seed: int) -> list[str]:
     """``python train.py`` settings of the job (output folder and cache aside). protocol=simple: one warmup ratio,
     weight decay and evaluation per epoch for every task (conf/protocol/simple.yaml)."""
-    overrides = [f"model={args.model}", f"task={task}", f"method={method}", f"rank={args.rank}", f"seed={args.seed}",
+    overrides = [f"model={args.model}", f"task={task}", f"method={method}", f"rank={args.rank}", f"seed={seed}",
                  "protocol=simple", f"data.max_train_samples={args.train_samples}",
                  f"data.max_eval_samples={args.eval_samples}", f"data.max_length={args.seq_len}",
                  f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", f"train.threads={args.threads}"]
     folder = data_dir(args)
     uniform = ["data.group_by_length=false"] if args.length_grouping == "none" else []
-    return overrides + uniform + ([f"task.data_dir={folder}"] if folder is not None else [])
+    lr = [f"optim.lr={args.lr}"] if args.lr is not None else []
+    return overrides + uniform + lr + ([f"task.data_dir={folder}"] if folder is not None else [])
 
 
 def peer_settings(cfg: Any, train_rows: int, threads: int, group_by_length: bool = False) -> dict[str, Any]:
@@ -178,27 +193,27 @@ def peer_settings(cfg: Any, train_rows: int, threads: int, group_by_length: bool
 
 
 def build_jobs(args: argparse.Namespace) -> list[Job]:
-    """Every task x method, composed once here (the peer reads the result, so it never imports Hydra)."""
+    """Every seed x task x method, composed once here (the peer reads the result, so it never imports Hydra)."""
     from ..config import compose
     from ..data import data_source, read_examples
     from ..errors import ConfigError
     from ..validate import validate_settings
 
     jobs, train_rows = [], {}
-    for task in names(args.tasks):
-        for method in names(args.methods):
-            overrides = ours_overrides(args, task, method)
-            cfg = validate_settings(compose(overrides))  # a setting our run would refuse stops here, not mid-way
-            if len(cfg.task.splits) != 2:  # the peer's Trainer evaluates one dataset
-                raise ConfigError(f"task {task} has {len(cfg.task.splits) - 1} evaluation splits; the end-to-end "
-                                  "benchmark compares tasks with one dev split (MNLI's two are not supported)")
-            if data_source(cfg.task) == "hub":  # the Hub is not the same data twice, nor reachable offline
-                raise ConfigError(f"task {task} reads GLUE TSVs: give --data-dir (a folder with "
-                                  f"{cfg.task.tsv.dir}/train.tsv, e.g. ../shared/glue) or set GLUE_DIR")
-            if task not in train_rows:
-                train_rows[task] = len(read_examples(cfg.task)["train"].labels)
-            jobs.append(Job(task, method, overrides, peer_settings(cfg, train_rows[task], args.threads,
-                                                                  args.length_grouping == "both")))
+    seeds = sorted({pair_seed(args, pair) for pair in range(1, args.pairs + 1)})  # the seeds the pairs run
+    for seed, task, method in itertools.product(seeds, names(args.tasks), names(args.methods)):
+        overrides = ours_overrides(args, task, method, seed)
+        cfg = validate_settings(compose(overrides))  # a setting our run would refuse stops here, not mid-way
+        if len(cfg.task.splits) != 2:  # the peer's Trainer evaluates one dataset
+            raise ConfigError(f"task {task} has {len(cfg.task.splits) - 1} evaluation splits; the end-to-end "
+                              "benchmark compares tasks with one dev split (MNLI's two are not supported)")
+        if data_source(cfg.task) == "hub":  # the Hub is not the same data twice, nor reachable offline
+            raise ConfigError(f"task {task} reads GLUE TSVs: give --data-dir (a folder with "
+                              f"{cfg.task.tsv.dir}/train.tsv, e.g. ../shared/glue) or set GLUE_DIR")
+        if task not in train_rows:
+            train_rows[task] = len(read_examples(cfg.task)["train"].labels)
+        jobs.append(Job(task, method, overrides, peer_settings(cfg, train_rows[task], args.threads,
+                                                              args.length_grouping == "both"), seed))
     return jobs
 
 
@@ -318,11 +333,12 @@ def log(message: str) -> None:
 
 def run_pairs(jobs: list[Job], args: argparse.Namespace, work: Path,
               progress: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
-    """Pair after pair, every job once per pair: ours then the peer. Ours share one tokenisation cache (a user's
-    second run of a task reads it; the first tokenises every split). ``progress(rows)`` after every pair of runs."""
+    """Pair after pair, every job of the pair's seed once: ours then the peer. Ours share one tokenisation cache (a
+    user's second run of a task reads it; the first tokenises every split). ``progress(rows)`` after every pair of
+    runs."""
     rows, order = [], 0
     for pair in range(1, args.pairs + 1):
-        for job in jobs:
+        for job in (job for job in jobs if job.seed == pair_seed(args, pair)):
             folder = work / f"pair{pair}" / job.task / job.method
             rows.append(finish_row(run_ours(job, folder / "ours", work / "cache", pair, order, args.run_timeout)))
             rows.append(finish_row(run_peer(job, folder / "peer", pair, order + 1, args.run_timeout)))
@@ -337,9 +353,19 @@ def median(values: list[float]) -> float | None:
     return round(statistics.median(values), 4) if values else None
 
 
+def mean(values: list[float]) -> float | None:
+    return round(statistics.fmean(values), 4) if values else None
+
+
+def std(values: list[float]) -> float | None:
+    """The sample standard deviation (None below two values)."""
+    return round(statistics.stdev(values), 4) if len(values) > 1 else None
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per job: each side's median over its completed pairs of every phase, steps/s, peak memory and score, our
-    total over the peer's (ratio of the medians, and the median of the paired ratios)."""
+    """Per job: each side's median over its completed pairs of every phase, steps/s, peak memory and score (and the
+    scores' mean and standard deviation, over seeds with ``--seeds``), our total over the peer's (ratio of the
+    medians, and the median of the paired ratios)."""
     summary = []
     for job in dict.fromkeys(r["job"] for r in rows):
         entry: dict[str, Any] = {"job": job}
@@ -348,7 +374,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for side, runs in done.items():
             entry[side] = {key: median([r[key] for r in runs])
                            for key in (*PHASES, "steps_per_s", "peak_rss_mb", "score")}
-            entry[side].update(runs=len(runs), scores=[r["score"] for r in runs])
+            scores = [r["score"] for r in runs]
+            entry[side].update(runs=len(runs), scores=scores, score_mean=mean(scores), score_std=std(scores))
         ours, peer = entry["ours"]["total_s"], entry["peer"]["total_s"]
         entry["ratio"] = round(ours / peer, 3) if ours and peer else None
         paired = [o["total_s"] / p["total_s"] for o, p in zip(done["ours"], done["peer"], strict=False)
@@ -401,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         jobs = build_jobs(args)
     except SubspaceTuningError as err:
         fail(err)
-    settings = {k: v for k, v in vars(args).items() if k not in ("json", "work_dir")}
+    settings = {k: sorted(v) if k == "seeds" else v for k, v in vars(args).items() if k not in ("json", "work_dir")}
     result: dict[str, Any] = {"settings": settings, "data_dir": data_dir(args), "machine": machine(),
                               "command": " ".join(["python -m subspace_tuning.bench.e2e", *(argv or sys.argv[1:])]),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average": [os.getloadavg()],
